@@ -1,0 +1,643 @@
+"""RELION STAR files: reading tables, coordinates and pixel sizes; writing coordinate files.
+
+Parsing is done by ``starfile`` (teamtomo); this module adds what RELION
+files mean: which block holds particles, how optics groups attach to them,
+which pixel size the coordinates are in, and how RELION 3.0, 3.1+ and 5
+differ.  Coordinates are returned in pixels of the micrograph or tomogram,
+ZYX (YX) order to match napari, with the particle origin shifts
+(``rlnOrigin*``) already applied.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import CryoInputError
+from .atomic import atomic_path
+
+COORD_COLUMNS = ("rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ")
+CENTERED_COLUMNS = ("rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst")
+ORIGIN_ANGST = ("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")
+ORIGIN_PIXELS = ("rlnOriginX", "rlnOriginY", "rlnOriginZ")
+EULER_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+GROUP_COLUMNS = ("rlnTomoName", "rlnMicrographName")
+
+#: Pixel-size columns for coordinates, in order of preference.  Coordinates
+#: are in micrograph pixels; particle files written by RELION's extraction
+#: drop rlnMicrographPixelSize, and then the particle image pixel size is the
+#: micrograph's unless the particles were rescaled on extraction.
+COORD_PIXEL_SIZE_COLUMNS = (
+    "rlnMicrographPixelSize",
+    "rlnImagePixelSize",
+    "rlnMicrographOriginalPixelSize",
+    "rlnTomoTiltSeriesPixelSize",
+    "rlnPixelSize",
+)
+#: Pixel-size columns for particle images, in RELION's own order of preference.
+IMAGE_PIXEL_SIZE_COLUMNS = (
+    "rlnImagePixelSize",
+    "rlnMicrographPixelSize",
+    "rlnMicrographOriginalPixelSize",
+    "rlnTomoTiltSeriesPixelSize",
+    "rlnPixelSize",
+)
+
+
+@dataclass
+class ParticleTable:
+    """The particle (or coordinate) rows of a STAR file with their optics.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The STAR file.
+    table : pandas.DataFrame
+        One row per particle, as stored (no optics columns merged in).
+    optics : pandas.DataFrame or None
+        The optics block (RELION 3.1+), else ``None``.
+    version : str
+        ``"3.0"`` (one block, optics on each row) or ``"3.1+"``.
+    block_name : str
+        Name of the particle block.
+    """
+
+    path: Path
+    table: pd.DataFrame
+    optics: pd.DataFrame | None
+    version: str
+    block_name: str
+
+    def optics_column(self, column: str) -> pd.Series | None:
+        """Per-particle values of an optics column, from the row or its optics group."""
+        if column in self.table.columns:
+            return self.table[column]
+        if self.optics is None or column not in self.optics.columns:
+            return None
+        if "rlnOpticsGroup" not in self.optics.columns:
+            return pd.Series(np.repeat(self.optics[column].iloc[0], len(self.table)), index=self.table.index)
+        groups = self.table["rlnOpticsGroup"] if "rlnOpticsGroup" in self.table.columns else pd.Series(
+            np.repeat(self.optics["rlnOpticsGroup"].iloc[0], len(self.table)), index=self.table.index
+        )
+        lookup = dict(zip(self.optics["rlnOpticsGroup"].astype(int), self.optics[column]))
+        missing = set(groups.astype(int)) - set(lookup)
+        if missing:
+            raise CryoInputError(self.path, f"particles name optics group(s) {sorted(missing)} that the optics block lacks")
+        return groups.astype(int).map(lookup)
+
+    def pixel_size(self, columns: tuple[str, ...] = COORD_PIXEL_SIZE_COLUMNS) -> pd.Series | None:
+        """Per-particle pixel size in Å from the first column present, else ``None``."""
+        for column in columns:
+            values = self.optics_column(column)
+            if values is not None:
+                return pd.to_numeric(values, errors="coerce").astype(float)
+        det, mag = self.optics_column("rlnDetectorPixelSize"), self.optics_column("rlnMagnification")
+        if det is not None and mag is not None:
+            # RELION 3.0: detector pixel in µm and magnification give Å per pixel.
+            return pd.to_numeric(det, errors="coerce") * 1e4 / pd.to_numeric(mag, errors="coerce")
+        return None
+
+
+def read_star(path: str | os.PathLike) -> dict[str, pd.DataFrame | dict[str, Any]]:
+    """Read every block of a STAR file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+
+    Returns
+    -------
+    dict
+        Block name -> DataFrame (loops) or dict (simple blocks), in file order.
+
+    Raises
+    ------
+    CryoInputError
+        If the file is missing, unreadable or not a STAR file.
+    """
+    import starfile
+
+    path = Path(path)
+    if not path.exists():
+        raise CryoInputError(path, "file not found")
+    if path.is_dir():
+        raise CryoInputError(path, "is a directory, not a STAR file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            blocks = starfile.read(path, always_dict=True)
+    except UnicodeDecodeError:
+        raise CryoInputError(path, "is not a text file, so not a STAR file") from None
+    except Exception as exc:  # noqa: BLE001 - the parser raises many kinds
+        raise CryoInputError(path, f"cannot be parsed as STAR ({type(exc).__name__}: {exc})") from None
+    if not blocks:
+        if not _has_data_block(path):
+            raise CryoInputError(path, "is not a STAR file (no data_ block)")
+        raise CryoInputError(path, "holds no data (empty blocks)")
+    return dict(blocks)
+
+
+def _has_data_block(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return any(line.lstrip().startswith("data_") for line in fh)
+    except OSError:
+        return False
+
+
+def sniff_star(path: str | os.PathLike, max_lines: int = 400) -> set[str]:
+    """Return the column labels found near the top of a STAR file, cheaply.
+
+    Reads at most ``max_lines`` lines and never raises; an empty set means
+    'not a STAR file we would open'.  Used by npe2's ``get_reader``.
+    """
+    labels: set[str] = set()
+    try:
+        with open(path, encoding="utf-8", errors="strict") as fh:
+            seen_data = False
+            for i, line in enumerate(fh):
+                if i >= max_lines:
+                    break
+                stripped = line.strip()
+                if stripped.startswith("data_"):
+                    seen_data = True
+                elif seen_data and stripped.startswith("_"):
+                    labels.add(stripped.split()[0][1:])
+    except (OSError, UnicodeDecodeError):
+        return set()
+    return labels
+
+
+def _numeric(df: pd.DataFrame, columns: tuple[str, ...] | list[str], path: Path) -> None:
+    """Convert columns to float in place, naming the first bad value."""
+    for column in columns:
+        if column not in df.columns:
+            continue
+        values = pd.to_numeric(df[column], errors="coerce")
+        bad = values.isna() & df[column].notna()
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise CryoInputError(path, f"column {column} has a non-numeric value {df[column].iloc[row]!r} in row {row + 1}")
+        if values.isna().any():
+            row = int(np.flatnonzero(values.isna().to_numpy())[0])
+            raise CryoInputError(path, f"column {column} has a missing value in row {row + 1}")
+        df[column] = values.astype(float)
+
+
+def particle_table(path: str | os.PathLike, blocks: dict[str, Any] | None = None) -> ParticleTable:
+    """Find the particle or coordinate block of a STAR file and its optics.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The STAR file.
+    blocks : dict, optional
+        Blocks already read with :func:`read_star`.
+
+    Returns
+    -------
+    ParticleTable
+        The rows and the optics.
+
+    Raises
+    ------
+    CryoInputError
+        If no block has coordinates, centred coordinates or image names, or
+        that block is empty.
+    """
+    path = Path(path)
+    blocks = read_star(path) if blocks is None else blocks
+    keys = set(COORD_COLUMNS[:2]) | {"rlnImageName"}
+    chosen: tuple[str, pd.DataFrame] | None = None
+    empty_named: str | None = None
+    for name, block in blocks.items():
+        if not isinstance(block, pd.DataFrame):
+            continue
+        cols = set(block.columns)
+        if cols & keys or CENTERED_COLUMNS[0] in cols:
+            if len(block) == 0:
+                empty_named = name
+                continue
+            # Prefer a block named for particles when several qualify.
+            if chosen is None or name == "particles":
+                chosen = (name, block)
+    if chosen is None:
+        if empty_named is not None:
+            raise CryoInputError(path, f"block data_{empty_named} has no rows (empty loop)")
+        found = ", ".join(f"data_{n}" for n in blocks) or "none"
+        raise CryoInputError(
+            path,
+            "has no particle coordinates (rlnCoordinateX/Y or rlnCenteredCoordinateXAngst) "
+            f"and no rlnImageName column; blocks: {found}",
+        )
+    name, table = chosen
+    optics = blocks.get("optics")
+    if not isinstance(optics, pd.DataFrame) or optics.empty:
+        optics = None
+    version = "3.1+" if optics is not None else "3.0"
+    return ParticleTable(path=path, table=table.reset_index(drop=True).copy(), optics=optics, version=version, block_name=name)
+
+
+@dataclass
+class CoordinateSet:
+    """The picks of one micrograph or tomogram.
+
+    Attributes
+    ----------
+    name : str or None
+        The micrograph or tomogram name (``rlnMicrographName`` /
+        ``rlnTomoName``), ``None`` when the file names none.
+    points : numpy.ndarray
+        (N, 2) YX or (N, 3) ZYX coordinates in pixels, origin shifts applied.
+    features : pandas.DataFrame
+        Every other column of the rows, indexed 0..N-1.
+    pixel_size : float or None
+        Pixel size in Å of the coordinates, ``None`` when the file has none.
+    notes : list of str
+        Things the reader assumed or could not do, for the user.
+    """
+
+    name: str | None
+    points: np.ndarray
+    features: pd.DataFrame
+    pixel_size: float | None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ndim(self) -> int:
+        """2 or 3."""
+        return int(self.points.shape[1])
+
+    def euler_angles(self) -> np.ndarray | None:
+        """(N, 3) rot, tilt, psi in degrees when the file has them."""
+        if all(c in self.features.columns for c in EULER_COLUMNS):
+            return self.features[list(EULER_COLUMNS)].to_numpy(dtype=float)
+        return None
+
+
+def _find_tomogram_sizes(path: Path, names: set[str]) -> pd.DataFrame | None:
+    """Look for a RELION 5 tomograms.star near ``path`` that describes ``names``."""
+    candidates: list[Path] = []
+    for parent in [path.parent, *list(path.parents)[1:4]]:
+        candidates += sorted(parent.glob("tomograms.star")) + sorted(parent.glob("*/tomograms.star"))
+    for candidate in candidates:
+        try:
+            blocks = read_star(candidate)
+        except CryoInputError:
+            continue
+        for block in blocks.values():
+            if isinstance(block, pd.DataFrame) and {"rlnTomoName", "rlnTomoSizeX"} <= set(block.columns):
+                if names <= set(block["rlnTomoName"].astype(str)):
+                    return block
+    return None
+
+
+def read_coordinates(path: str | os.PathLike, blocks: dict[str, Any] | None = None) -> list[CoordinateSet]:
+    """Read the picks of a STAR file, one set per micrograph or tomogram.
+
+    Handles RELION 3.0 (optics on each row), 3.1+ (optics block before or
+    after the particles, several optics groups), RELION 4 tomography
+    (``rlnCoordinateZ`` and ``rlnTomoName``) and RELION 5 centred
+    coordinates in Å (placed in tomogram pixels when a ``tomograms.star``
+    with ``rlnTomoSizeX/Y/Z`` is found beside the file or up to three
+    directories above it).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The STAR file.
+    blocks : dict, optional
+        Blocks already read with :func:`read_star`.
+
+    Returns
+    -------
+    list of CoordinateSet
+        One set per distinct ``rlnTomoName`` / ``rlnMicrographName`` in file
+        order, or a single set when the file names none.
+
+    Raises
+    ------
+    CryoInputError
+        For missing coordinate columns, non-numeric or missing values and
+        empty loops.
+    """
+    pt = particle_table(path, blocks)
+    path = pt.path
+    table = pt.table
+    notes: list[str] = []
+    centred = CENTERED_COLUMNS[0] in table.columns and COORD_COLUMNS[0] not in table.columns
+    if centred:
+        axes = [c for c in CENTERED_COLUMNS if c in table.columns]
+    else:
+        axes = [c for c in COORD_COLUMNS if c in table.columns]
+        if COORD_COLUMNS[0] not in axes or COORD_COLUMNS[1] not in axes:
+            missing = [c for c in COORD_COLUMNS[:2] if c not in table.columns]
+            raise CryoInputError(path, f"block data_{pt.block_name} lacks coordinate column(s) {', '.join(missing)}")
+    ndim = len(axes)
+    _numeric(table, axes, path)
+    origin_cols = [c for c in (ORIGIN_ANGST + ORIGIN_PIXELS) if c in table.columns]
+    _numeric(table, origin_cols, path)
+
+    pixel = pt.pixel_size(COORD_PIXEL_SIZE_COLUMNS)
+    if pixel is not None and (pixel.isna().any() or (pixel <= 0).any()):
+        raise CryoInputError(path, "pixel size is missing, zero or not a number for some particles")
+
+    xyz = table[axes].to_numpy(dtype=float)
+    if centred:
+        xyz, notes_c, pixel = _decentre(path, table, xyz, pixel)
+        notes += notes_c
+    # Shift by the refined origin: the particle centre is the pick minus the origin.
+    for i, (angst, pix) in enumerate(zip(ORIGIN_ANGST[:ndim], ORIGIN_PIXELS[:ndim])):
+        if angst in table.columns:
+            if pixel is None:
+                notes.append(f"{angst} ignored: the file gives no pixel size")
+            else:
+                xyz[:, i] -= table[angst].to_numpy() / pixel.to_numpy()
+        elif pix in table.columns:
+            xyz[:, i] -= table[pix].to_numpy()
+
+    dropped = set(axes) | set(origin_cols)
+    feature_cols = [c for c in table.columns if c not in dropped]
+    group_col = next((c for c in GROUP_COLUMNS if c in table.columns), None)
+    if group_col is not None:
+        keys = table[group_col].astype(str)
+        order = list(dict.fromkeys(keys))
+    else:
+        keys = pd.Series(["" for _ in range(len(table))])
+        order = [""]
+
+    sets = []
+    for key in order:
+        mask = (keys == key).to_numpy()
+        sub_pixel = None if pixel is None else pixel[mask]
+        if sub_pixel is not None and sub_pixel.nunique() > 1:
+            notes.append(f"{key or path.name}: particles have several pixel sizes; the first, {sub_pixel.iloc[0]} Å, is used")
+        features = table.loc[mask, feature_cols].reset_index(drop=True)
+        sets.append(
+            CoordinateSet(
+                name=key or None,
+                points=xyz[mask][:, ::-1].copy(),  # XYZ -> ZYX
+                features=features,
+                pixel_size=None if sub_pixel is None else float(sub_pixel.iloc[0]),
+                notes=list(notes),
+            )
+        )
+    return sets
+
+
+def _decentre(path: Path, table: pd.DataFrame, xyz: np.ndarray, pixel: pd.Series | None):
+    """RELION 5 centred Å coordinates -> pixels of the (binned) tomogram."""
+    notes: list[str] = []
+    ts_pixel = pixel
+    if ts_pixel is None:
+        raise CryoInputError(path, "centred coordinates in Å need a pixel size (rlnTomoTiltSeriesPixelSize or rlnImagePixelSize)")
+    names = set(table["rlnTomoName"].astype(str)) if "rlnTomoName" in table.columns else set()
+    sizes = _find_tomogram_sizes(path, names) if names else None
+    out = xyz / ts_pixel.to_numpy()[:, None]
+    if sizes is None:
+        notes.append("tomograms.star not found: coordinates are relative to the tomogram centre")
+        return out, notes, ts_pixel
+    info = sizes.set_index(sizes["rlnTomoName"].astype(str))
+    tomo = table["rlnTomoName"].astype(str)
+    size_cols = ["rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ"][: xyz.shape[1]]
+    centre = info.loc[tomo, size_cols].to_numpy(dtype=float) / 2.0  # RELION's float centre, bin-1 pixels
+    out = out + centre
+    binning = (
+        info.loc[tomo, "rlnTomoTomogramBinning"].to_numpy(dtype=float)
+        if "rlnTomoTomogramBinning" in info.columns
+        else np.ones(len(table))
+    )
+    out = out / binning[:, None]
+    notes.append("centred coordinates placed in tomogram pixels using tomograms.star")
+    return out, notes, ts_pixel * binning
+
+
+def _format_column(values: pd.Series) -> pd.Series:
+    """Floats as the shortest text that reads back to the same number."""
+    if pd.api.types.is_bool_dtype(values):
+        return values.astype(int)
+    if pd.api.types.is_float_dtype(values):
+        return values.map(lambda v: "nan" if pd.isna(v) else repr(float(v)))
+    if pd.api.types.is_integer_dtype(values):
+        return values
+    return values.astype(str).str.replace(r"\s+", "_", regex=True)
+
+
+def coordinates_table(
+    points: np.ndarray,
+    features: pd.DataFrame | None = None,
+    micrograph_name: str | None = None,
+) -> pd.DataFrame:
+    """Build the particle rows of a coordinate file from ZYX/YX pixel coordinates.
+
+    Parameters
+    ----------
+    points : numpy.ndarray
+        (N, 2) YX or (N, 3) ZYX coordinates in pixels.
+    features : pandas.DataFrame, optional
+        Per-point values; each scalar column becomes a STAR column.
+    micrograph_name : str, optional
+        Written as ``rlnMicrographName`` (``rlnTomoName`` for 3D) unless the
+        features already hold it.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``rlnCoordinateX/Y[/Z]`` then the feature columns.
+    """
+    points = np.asarray(points, dtype=float)
+    if points.ndim != 2 or points.shape[1] not in (2, 3):
+        raise ValueError(f"points must be (N, 2) or (N, 3), got shape {points.shape}")
+    xyz = points[:, ::-1]
+    table = pd.DataFrame({c: xyz[:, i] for i, c in enumerate(COORD_COLUMNS[: points.shape[1]])})
+    if features is not None and len(features.columns):
+        if len(features) != len(points):
+            raise ValueError(f"{len(features)} feature rows for {len(points)} points")
+        for column in features.columns:
+            name = str(column).strip().replace(" ", "_")
+            if name in table.columns or name in ORIGIN_ANGST + ORIGIN_PIXELS:
+                continue
+            values = features[column].reset_index(drop=True)
+            if values.map(lambda v: np.ndim(v) != 0).any():
+                continue  # vectors and arrays have no STAR column form
+            if isinstance(values.dtype, pd.CategoricalDtype):
+                values = values.astype(str)
+            table[name] = values
+    group = "rlnTomoName" if points.shape[1] == 3 else "rlnMicrographName"
+    if micrograph_name and group not in table.columns:
+        table[group] = micrograph_name
+    return table
+
+
+def write_coordinates(
+    path: str | os.PathLike,
+    points: np.ndarray,
+    features: pd.DataFrame | None = None,
+    pixel_size: float | None = None,
+    *,
+    layout: str = "3.1",
+    micrograph_name: str | None = None,
+    optics: pd.DataFrame | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write picks as a RELION coordinate STAR file, atomically.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output ``.star`` file.
+    points : numpy.ndarray
+        (N, 2) YX or (N, 3) ZYX coordinates in pixels.
+    features : pandas.DataFrame, optional
+        Per-point columns to write (numbers, text, booleans as 0/1).
+    pixel_size : float, optional
+        Pixel size in Å of the coordinates.  In the ``"3.1"`` layout it is
+        written to the optics block (``rlnMicrographPixelSize`` and
+        ``rlnImagePixelSize``); in ``"3.0"`` as ``rlnDetectorPixelSize`` (µm)
+        with ``rlnMagnification`` 10000 on every row.
+    layout : {"3.1", "3.0"}
+        RELION 3.1+ (``data_optics`` + ``data_particles``) or 3.0 (one
+        ``data_`` block).
+    micrograph_name : str, optional
+        The micrograph or tomogram the picks belong to.
+    optics : pandas.DataFrame, optional
+        An optics block to keep (e.g. read from the original file); its
+        pixel size columns are updated to ``pixel_size``.
+    overwrite : bool
+        Replace an existing file.
+
+    Returns
+    -------
+    pathlib.Path
+        The file written.
+    """
+    import starfile
+
+    path = Path(path)
+    if layout not in ("3.1", "3.0"):
+        raise CryoInputError(path, f"unknown STAR layout {layout!r} (use 3.1 or 3.0)")
+    points = np.asarray(points, dtype=float)
+    if points.ndim != 2 or points.shape[1] not in (2, 3) or not np.isfinite(points).all():
+        raise CryoInputError(path, "coordinates must be finite (N, 2) or (N, 3) values")
+    if pixel_size is not None and not (np.isfinite(pixel_size) and pixel_size > 0):
+        raise CryoInputError(path, f"pixel size must be positive, got {pixel_size}")
+    table = coordinates_table(points, features, micrograph_name)
+    if layout == "3.1":
+        table = table.drop(columns=[c for c in ("rlnDetectorPixelSize", "rlnMagnification") if c in table.columns])
+        if optics is not None and len(optics) == 1:
+            optics = optics.copy()
+        else:
+            optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"]})
+        if pixel_size is not None:
+            optics["rlnMicrographPixelSize"] = float(pixel_size)
+            optics["rlnImagePixelSize"] = float(pixel_size)
+        optics["rlnOpticsGroup"] = optics["rlnOpticsGroup"].astype(int)
+        table["rlnOpticsGroup"] = int(optics["rlnOpticsGroup"].iloc[0])
+        data: Any = {"optics": _formatted(optics), "particles": _formatted(table)}
+    else:
+        for column in ("rlnOpticsGroup", "rlnImagePixelSize", "rlnMicrographPixelSize"):
+            if column in table.columns:
+                table = table.drop(columns=column)
+        if pixel_size is not None:
+            table["rlnMagnification"] = 10000.0
+            table["rlnDetectorPixelSize"] = float(pixel_size)
+        data = {"": _formatted(table)}
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        starfile.write(data, tmp, quote_all_strings=False)
+    return path
+
+
+def _formatted(df: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({c: _format_column(df[c]) for c in df.columns})
+
+
+def convert_star_layout(
+    src: str | os.PathLike, dst: str | os.PathLike, layout: str, *, overwrite: bool = False
+) -> Path:
+    """Rewrite a STAR particle/coordinate file in the RELION 3.0 or 3.1+ layout.
+
+    Every column is kept.  3.0 -> 3.1+ gathers the optics columns of the
+    rows into an optics block with one group per distinct combination;
+    3.1+ -> 3.0 copies each group's optics columns onto its rows and adds
+    ``rlnDetectorPixelSize``/``rlnMagnification`` from the pixel size.
+    """
+    import starfile
+
+    src, dst = Path(src), Path(dst)
+    pt = particle_table(src)
+    table = pt.table.copy()
+    _numeric(table, [c for c in NUMERIC_COLUMNS if c in table.columns], src)
+    if layout == "3.0":
+        if pt.optics is not None:
+            for column in pt.optics.columns:
+                if column in ("rlnOpticsGroup", "rlnOpticsGroupName") or column in table.columns:
+                    continue
+                table[column] = pt.optics_column(column).to_numpy()
+            table = table.drop(columns=[c for c in ("rlnOpticsGroup",) if c in table.columns])
+        if "rlnDetectorPixelSize" not in table.columns:
+            px = pt.pixel_size(IMAGE_PIXEL_SIZE_COLUMNS)
+            if px is not None:
+                table["rlnMagnification"] = 10000.0
+                table["rlnDetectorPixelSize"] = px.to_numpy()
+        data: Any = {"": _formatted(table)}
+    elif layout == "3.1":
+        if pt.optics is not None:
+            data = {"optics": _formatted(pt.optics), pt.block_name or "particles": _formatted(table)}
+        else:
+            optics_cols = [c for c in OPTICS_COLUMNS if c in table.columns]
+            px = pt.pixel_size(IMAGE_PIXEL_SIZE_COLUMNS)
+            if px is not None:
+                table["rlnImagePixelSize"] = px.round(6).to_numpy()
+                if "rlnImagePixelSize" not in optics_cols:
+                    optics_cols.append("rlnImagePixelSize")
+            table = table.drop(columns=[c for c in ("rlnDetectorPixelSize", "rlnMagnification") if c in table.columns])
+            optics_cols = [c for c in optics_cols if c in table.columns]
+            if optics_cols:
+                combos = table[optics_cols].drop_duplicates().reset_index(drop=True)
+                combos.insert(0, "rlnOpticsGroup", np.arange(1, len(combos) + 1))
+                combos.insert(1, "rlnOpticsGroupName", [f"opticsGroup{i}" for i in combos["rlnOpticsGroup"]])
+                merged = table.merge(combos, on=optics_cols, how="left")
+                table = merged.drop(columns=optics_cols)
+                optics = combos
+            else:
+                optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"]})
+                table["rlnOpticsGroup"] = 1
+            data = {"optics": _formatted(optics), "particles": _formatted(table)}
+    else:
+        raise CryoInputError(dst, f"unknown STAR layout {layout!r} (use 3.1 or 3.0)")
+    with atomic_path(dst, overwrite=overwrite) as tmp:
+        starfile.write(data, tmp, quote_all_strings=False)
+    return dst
+
+
+#: Columns that must hold numbers wherever they appear.
+NUMERIC_COLUMNS = (
+    COORD_COLUMNS
+    + CENTERED_COLUMNS
+    + ORIGIN_ANGST
+    + ORIGIN_PIXELS
+    + EULER_COLUMNS
+    + ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift", "rlnCtfBfactor", "rlnAutopickFigureOfMerit")
+)
+
+#: Columns that belong to the optics group in RELION 3.1+.
+OPTICS_COLUMNS = (
+    "rlnVoltage",
+    "rlnSphericalAberration",
+    "rlnAmplitudeContrast",
+    "rlnImageSize",
+    "rlnImageDimensionality",
+    "rlnMicrographOriginalPixelSize",
+    "rlnMicrographPixelSize",
+    "rlnImagePixelSize",
+    "rlnCtfDataAreCtfPremultiplied",
+    "rlnBeamTiltX",
+    "rlnBeamTiltY",
+)

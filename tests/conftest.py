@@ -1,0 +1,33 @@
+"""Shared fixtures: the real test files in ../shared/testdata and small synthetic data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTDATA = Path(os.environ.get("NAPARI_CRYO_TESTDATA", ROOT.parent / "shared" / "testdata"))
+
+
+@pytest.fixture(scope="session")
+def testdata() -> Path:
+    """The directory of real files written by other tools (see its README)."""
+    assert TESTDATA.is_dir(), f"test data not found at {TESTDATA} (set NAPARI_CRYO_TESTDATA)"
+    return TESTDATA
+
+
+@pytest.fixture
+def relion31_dataset(tmp_path: Path, testdata: Path) -> Path:
+    """relion31.star with its stack beside it (the STAR names a longer path)."""
+    shutil.copy(testdata / "star" / "relion31.star", tmp_path / "relion31.star")
+    shutil.copy(testdata / "particles" / "relion31.mrcs", tmp_path / "relion31.mrcs")
+    return tmp_path / "relion31.star"
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
