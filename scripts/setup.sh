@@ -28,6 +28,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # torch first, pinned: an unpinned torch would pull the newest CUDA build (several GB).
 # Set TORCH_SPEC to choose another build (e.g. a CUDA one on a GPU machine).
-.venv/bin/python -m pip install -q --disable-pip-version-check "${TORCH_SPEC:-torch==2.13.0}"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[all,test]"
+pip_install() {
+  # Quiet, but keep real errors: drop pip's notes about unusable local index paths.
+  .venv/bin/python -m pip install -q --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+pip_install "${TORCH_SPEC:-torch==2.13.0}"
+pip_install -e ".[all,test]"
 echo "setup: done ($(.venv/bin/python -c 'import napari, torch, napari_cryo; print(f"napari {napari.__version__}, torch {torch.__version__}, napari-cryo {napari_cryo.__version__}")'))"
