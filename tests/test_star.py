@@ -42,7 +42,9 @@ def test_relion31_optics_before_and_after(testdata):
     assert len(a) == len(b)
     for ca, cb in zip(a, b):
         np.testing.assert_allclose(ca.points, cb.points)
-        assert ca.pixel_size == cb.pixel_size == pytest.approx(2.806)
+        # Coordinates run to X = 3406 on a K2 micrograph: movie pixels (1.403 Å), not the
+        # rescaled particle pixels (2.806 Å) of rlnImagePixelSize.
+        assert ca.pixel_size == cb.pixel_size == pytest.approx(1.403)
 
 
 def test_six_optics_groups_pixel_size_per_particle(testdata):

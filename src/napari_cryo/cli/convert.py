@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import CryoInputError
 from ..io.atomic import check_writable
 from ..io.mrc import MRC_SUFFIXES, read_mrc, write_mrc
@@ -43,7 +45,7 @@ def convert_mrc(src: Path, dst: Path, pixel_size: float | None, overwrite: bool)
     if dst.name.lower().endswith((".gz", ".bz2")):
         raise CryoInputError(dst, "compressed output is not supported; write .mrc and compress it afterwards")
     data, info = read_mrc(src)
-    if pixel_size is not None and not pixel_size > 0:
+    if pixel_size is not None and not (np.isfinite(pixel_size) and pixel_size > 0):
         raise CryoInputError(None, f"--pixel-size must be positive, got {pixel_size}")
     if data.ndim == 4:
         raise CryoInputError(src, "volume stacks cannot be converted yet")

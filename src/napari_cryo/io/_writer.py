@@ -18,9 +18,10 @@ from .star import write_coordinates
 
 
 def _mrc_name(path: str, is_stack: bool) -> Path:
+    """Add an MRC suffix when the name has none (never replace part of the name)."""
     p = Path(path)
-    if p.suffix.lower() not in (".mrc", ".mrcs", ".map", ".rec", ".st", ".ali"):
-        p = p.with_suffix(".mrcs" if is_stack else ".mrc")
+    if not p.name.lower().endswith((".mrc", ".mrcs", ".map", ".rec", ".st", ".ali")):
+        p = p.with_name(p.name + (".mrcs" if is_stack else ".mrc"))
     return p
 
 
@@ -70,8 +71,8 @@ def _write_points(path: str, data: Any, meta: dict[str, Any], layout: str) -> li
     if features is not None and not isinstance(features, pd.DataFrame):
         features = pd.DataFrame(features)
     out = Path(path)
-    if out.suffix.lower() != ".star":
-        out = out.with_suffix(".star")
+    if not out.name.lower().endswith(".star"):
+        out = out.with_name(out.name + ".star")
     optics = metadata.get("star_optics") if isinstance(metadata.get("star_optics"), pd.DataFrame) else None
     write_coordinates(
         out,

@@ -64,7 +64,11 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
     """
     target = check_writable(path, overwrite=overwrite)
     suffix = "".join(target.suffixes) or ".tmp"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".partial" + suffix, dir=target.parent)
+    try:
+        # A short prefix keeps the temporary name within the file system's limit.
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem[:40]}.", suffix=".partial" + suffix[-20:], dir=target.parent)
+    except OSError as exc:
+        raise CryoInputError(target, f"cannot write in {target.parent} ({exc.strerror})") from None
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.unlink()  # writers such as mrcfile refuse to open an existing file
@@ -72,7 +76,10 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
         yield tmp
         if not tmp.exists():
             raise RuntimeError(f"nothing was written to {tmp}")
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise CryoInputError(target, f"cannot be written ({exc.strerror})") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

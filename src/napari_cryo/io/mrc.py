@@ -41,6 +41,8 @@ MODE_DTYPES: dict[int, np.dtype] = {
 }
 IMAGE_MODES = (0, 1, 2, 6, 12, 101)
 HEADER_BYTES = 1024
+#: IMOD's stamp (bytes 152-155); its flags (156-159) bit 0 set means signed bytes.
+IMOD_STAMP = 1146047817
 
 # Samples taken for contrast limits and the NaN check: a few whole planes, so
 # that a memory-mapped file is read in large contiguous pieces.
@@ -110,6 +112,7 @@ class MrcInfo:
     stats: dict[str, float]
     labels: list[str] = field(default_factory=list)
     header: dict[str, Any] = field(default_factory=dict)
+    unsigned_bytes: bool = False
 
     @property
     def data_offset(self) -> int:
@@ -303,22 +306,32 @@ def read_header(path: str | os.PathLike, check_size: bool = True) -> MrcInfo:
         origin = tuple(float(s * v) for s, v in zip(nstart, voxel))
 
     ispg = int(header["ispg"])
-    suffix_stack = path.name.lower().replace(".gz", "").replace(".bz2", "").endswith(".mrcs")
-    mz = sampling[0]
+    name = path.name.lower().replace(".gz", "").replace(".bz2", "")
+    stack_name = name.endswith((".mrcs", ".st", ".ali"))
+    # file-order sampling along sections (mz, or whichever of mx/my maps to sections)
+    mz = int(header[("mx", "my", "mz")[order[2] - 1]])
     if ispg >= 401 and mz > 0 and nz % mz == 0 and nz > mz:
+        if order != (1, 2, 3):
+            raise CryoInputError(path, f"volume stacks with axis order {order} are not supported")
         kind = "volume-stack"
         shape: tuple[int, ...] = (nz // mz, mz, ny, nx)
-    elif nz == 1:
+    elif zyx_shape[0] == 1:
         kind = "image"
         shape = zyx_shape[1:]
-    elif (ispg == 0 or suffix_stack) and order == (1, 2, 3):
+    elif order[2] == 3 and (stack_name or (ispg == 0 and mz != nz)):
+        # ispg 0 means 'images' in MRC2014, but IMOD and others write tomograms
+        # with ispg 0 and the cell spanning all sections (mz == nz): those are volumes.
         kind = "stack"
         shape = zyx_shape
     else:
         kind = "volume"
         shape = zyx_shape
 
-    if mode in MODE_DTYPES:
+    imod_stamp, imod_flags = np.frombuffer(raw[152:160], dtype=(">i4" if big else "<i4"))
+    unsigned_bytes = mode == 0 and int(imod_stamp) == IMOD_STAMP and not (int(imod_flags) & 1)
+    if unsigned_bytes:
+        dtype = np.dtype(np.uint8)  # IMOD writes unsigned bytes and says so in its flags
+    elif mode in MODE_DTYPES:
         dtype = MODE_DTYPES[mode]
     else:
         dtype = np.dtype(np.uint8)  # mode 101 is unpacked to one byte per value
@@ -340,6 +353,7 @@ def read_header(path: str | os.PathLike, check_size: bool = True) -> MrcInfo:
         exttyp=bytes(header["exttyp"]).decode("ascii", "replace").rstrip("\x00 "),
         big_endian=big,
         compressed=compressed,
+        unsigned_bytes=bool(unsigned_bytes),
         stats=stats,
         labels=labels,
         header=header_to_dict(header),
@@ -377,7 +391,7 @@ def _file_array(info: MrcInfo, mmap: bool) -> np.ndarray:
     if mode == 101:
         raw = _read_data_bytes(info)
         return _unpack_4bit(np.frombuffer(raw, dtype=np.uint8), nx, ny, nz)
-    dtype = MODE_DTYPES[mode].newbyteorder(">" if info.big_endian else "<")
+    dtype = (np.dtype(np.uint8) if info.unsigned_bytes else MODE_DTYPES[mode]).newbyteorder(">" if info.big_endian else "<")
     if mmap and info.compressed is None:
         try:
             return np.memmap(info.path, dtype=dtype, mode="r", offset=info.data_offset, shape=shape)
@@ -567,6 +581,8 @@ def write_mrc(
     import mrcfile
 
     path = Path(path)
+    if not hasattr(data, "shape"):
+        data = np.asarray(data)
     ndim = len(data.shape)
     if ndim not in (2, 3):
         raise CryoInputError(path, f"can only write 2D or 3D data, got {ndim}D with shape {tuple(data.shape)}")
@@ -584,6 +600,8 @@ def write_mrc(
 
     if labels:
         lo, hi = _minmax(data)
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise CryoInputError(path, "label data contain NaN or infinite values; nothing was written")
         try:
             out_dtype = label_dtype(int(hi), int(lo))
         except ValueError as exc:

@@ -30,14 +30,15 @@ EULER_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 GROUP_COLUMNS = ("rlnTomoName", "rlnMicrographName")
 
 #: Pixel-size columns for coordinates, in order of preference.  Coordinates
-#: are in micrograph pixels; particle files written by RELION's extraction
-#: drop rlnMicrographPixelSize, and then the particle image pixel size is the
-#: micrograph's unless the particles were rescaled on extraction.
+#: are in micrograph pixels (tilt-series pixels in tomography).  RELION's
+#: extraction drops rlnMicrographPixelSize from particle files, and the
+#: particle images are often rescaled, so the original (movie) pixel size is
+#: the better guess after it; real RELION 3.1 files bear this out.
 COORD_PIXEL_SIZE_COLUMNS = (
     "rlnMicrographPixelSize",
-    "rlnImagePixelSize",
-    "rlnMicrographOriginalPixelSize",
     "rlnTomoTiltSeriesPixelSize",
+    "rlnMicrographOriginalPixelSize",
+    "rlnImagePixelSize",
     "rlnPixelSize",
 )
 #: Pixel-size columns for particle images, in RELION's own order of preference.
@@ -80,16 +81,16 @@ class ParticleTable:
             return self.table[column]
         if self.optics is None or column not in self.optics.columns:
             return None
-        if "rlnOpticsGroup" not in self.optics.columns:
+        if "rlnOpticsGroup" not in self.optics.columns or len(self.optics) == 1:
             return pd.Series(np.repeat(self.optics[column].iloc[0], len(self.table)), index=self.table.index)
-        groups = self.table["rlnOpticsGroup"] if "rlnOpticsGroup" in self.table.columns else pd.Series(
-            np.repeat(self.optics["rlnOpticsGroup"].iloc[0], len(self.table)), index=self.table.index
-        )
+        if "rlnOpticsGroup" not in self.table.columns:
+            raise CryoInputError(self.path, "the optics block has several groups but the particles have no rlnOpticsGroup")
+        groups = self.table["rlnOpticsGroup"].astype(int)
         lookup = dict(zip(self.optics["rlnOpticsGroup"].astype(int), self.optics[column]))
-        missing = set(groups.astype(int)) - set(lookup)
+        missing = set(groups) - set(lookup)
         if missing:
             raise CryoInputError(self.path, f"particles name optics group(s) {sorted(missing)} that the optics block lacks")
-        return groups.astype(int).map(lookup)
+        return groups.map(lookup)
 
     def pixel_size(self, columns: tuple[str, ...] = COORD_PIXEL_SIZE_COLUMNS) -> pd.Series | None:
         """Per-particle pixel size in Å from the first column present, else ``None``."""
@@ -129,6 +130,7 @@ def read_star(path: str | os.PathLike) -> dict[str, pd.DataFrame | dict[str, Any
         raise CryoInputError(path, "file not found")
     if path.is_dir():
         raise CryoInputError(path, "is a directory, not a STAR file")
+    _check_text(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -144,6 +146,22 @@ def read_star(path: str | os.PathLike) -> dict[str, pd.DataFrame | dict[str, Any
     return dict(blocks)
 
 
+def _check_text(path: Path, chunk: int = 1 << 20) -> None:
+    """Raise unless the file is UTF-8 text (starfile returns nothing for other encodings)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(chunk)
+    except OSError as exc:
+        raise CryoInputError(path, f"cannot be read ({exc.strerror})") from None
+    if b"\0" in head:
+        raise CryoInputError(path, "is not a text file, so not a STAR file")
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not just a character cut at the chunk end
+            raise CryoInputError(path, f"is not UTF-8 text (byte {exc.start}); re-save it as UTF-8") from None
+
+
 def _has_data_block(path: Path) -> bool:
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
@@ -152,15 +170,18 @@ def _has_data_block(path: Path) -> bool:
         return False
 
 
-def sniff_star(path: str | os.PathLike, max_lines: int = 400) -> set[str]:
-    """Return the column labels found near the top of a STAR file, cheaply.
+def sniff_star(path: str | os.PathLike, max_lines: int = 20000) -> set[str]:
+    """Return the column labels of a STAR file's header lines, cheaply.
 
-    Reads at most ``max_lines`` lines and never raises; an empty set means
-    'not a STAR file we would open'.  Used by npe2's ``get_reader``.
+    Reads until the first data row after a particle/coordinate label, or at
+    most ``max_lines`` lines (optics blocks can have hundreds of groups), and
+    never raises; an empty set means 'not a STAR file we would open'.  Used by
+    npe2's ``get_reader``.
     """
+    wanted = {"rlnCoordinateX", "rlnImageName", CENTERED_COLUMNS[0]}
     labels: set[str] = set()
     try:
-        with open(path, encoding="utf-8", errors="strict") as fh:
+        with open(path, encoding="utf-8-sig", errors="strict") as fh:
             seen_data = False
             for i, line in enumerate(fh):
                 if i >= max_lines:
@@ -170,6 +191,8 @@ def sniff_star(path: str | os.PathLike, max_lines: int = 400) -> set[str]:
                     seen_data = True
                 elif seen_data and stripped.startswith("_"):
                     labels.add(stripped.split()[0][1:])
+                elif labels & wanted and stripped and not stripped.startswith(("#", "loop_")):
+                    break
     except (OSError, UnicodeDecodeError):
         return set()
     return labels
@@ -222,7 +245,7 @@ def particle_table(path: str | os.PathLike, blocks: dict[str, Any] | None = None
             continue
         cols = set(block.columns)
         if cols & keys or CENTERED_COLUMNS[0] in cols:
-            if len(block) == 0:
+            if len(block) == 0 and not set(COORD_COLUMNS[:2]) <= cols:
                 empty_named = name
                 continue
             # Prefer a block named for particles when several qualify.
@@ -238,11 +261,21 @@ def particle_table(path: str | os.PathLike, blocks: dict[str, Any] | None = None
             f"and no rlnImageName column; blocks: {found}",
         )
     name, table = chosen
+    table = table.reset_index(drop=True).copy()
     optics = blocks.get("optics")
+    if isinstance(optics, dict) and optics:  # a one-group optics block written without loop_
+        optics = pd.DataFrame({k: [v] for k, v in optics.items()})
     if not isinstance(optics, pd.DataFrame) or optics.empty:
         optics = None
+    if optics is not None and "rlnOpticsGroup" in optics.columns:
+        optics = optics.copy()
+        _numeric(optics, ["rlnOpticsGroup"], path)
+        if optics["rlnOpticsGroup"].duplicated().any():
+            raise CryoInputError(path, "the optics block lists an optics group twice")
+    if "rlnOpticsGroup" in table.columns:
+        _numeric(table, ["rlnOpticsGroup"], path)
     version = "3.1+" if optics is not None else "3.0"
-    return ParticleTable(path=path, table=table.reset_index(drop=True).copy(), optics=optics, version=version, block_name=name)
+    return ParticleTable(path=path, table=table, optics=optics, version=version, block_name=name)
 
 
 @dataclass
@@ -341,19 +374,26 @@ def read_coordinates(path: str | os.PathLike, blocks: dict[str, Any] | None = No
             missing = [c for c in COORD_COLUMNS[:2] if c not in table.columns]
             raise CryoInputError(path, f"block data_{pt.block_name} lacks coordinate column(s) {', '.join(missing)}")
     ndim = len(axes)
+    if len(table) == 0:  # a valid file with no picks (e.g. a micrograph where nothing was found)
+        px = None
+        if pt.optics is not None:
+            px = next((float(pt.optics[c].iloc[0]) for c in COORD_PIXEL_SIZE_COLUMNS if c in pt.optics.columns), None)
+        features = table.drop(columns=[c for c in table.columns if c in axes])
+        return [CoordinateSet(None, np.zeros((0, ndim)), features.reset_index(drop=True), px, ["the file holds no picks"])]
     _numeric(table, axes, path)
     origin_cols = [c for c in (ORIGIN_ANGST + ORIGIN_PIXELS) if c in table.columns]
     _numeric(table, origin_cols, path)
 
     pixel = pt.pixel_size(COORD_PIXEL_SIZE_COLUMNS)
-    if pixel is not None and (pixel.isna().any() or (pixel <= 0).any()):
-        raise CryoInputError(path, "pixel size is missing, zero or not a number for some particles")
+    if pixel is not None and (~np.isfinite(pixel.to_numpy()) | (pixel.to_numpy() <= 0)).any():
+        raise CryoInputError(path, "pixel size is missing, zero, infinite or not a number for some particles")
 
     xyz = table[axes].to_numpy(dtype=float)
     if centred:
         xyz, notes_c, pixel = _decentre(path, table, xyz, pixel)
         notes += notes_c
     # Shift by the refined origin: the particle centre is the pick minus the origin.
+    image_px = pt.pixel_size(IMAGE_PIXEL_SIZE_COLUMNS)
     for i, (angst, pix) in enumerate(zip(ORIGIN_ANGST[:ndim], ORIGIN_PIXELS[:ndim])):
         if angst in table.columns:
             if pixel is None:
@@ -361,7 +401,9 @@ def read_coordinates(path: str | os.PathLike, blocks: dict[str, Any] | None = No
             else:
                 xyz[:, i] -= table[angst].to_numpy() / pixel.to_numpy()
         elif pix in table.columns:
-            xyz[:, i] -= table[pix].to_numpy()
+            # rlnOriginX is in particle-image pixels; RELION 3.0 assumes they equal micrograph pixels.
+            ratio = 1.0 if (pixel is None or image_px is None) else image_px.to_numpy() / pixel.to_numpy()
+            xyz[:, i] -= table[pix].to_numpy() * ratio
 
     dropped = set(axes) | set(origin_cols)
     feature_cols = [c for c in table.columns if c not in dropped]
@@ -427,7 +469,17 @@ def _format_column(values: pd.Series) -> pd.Series:
         return values.map(lambda v: "nan" if pd.isna(v) else repr(float(v)))
     if pd.api.types.is_integer_dtype(values):
         return values
-    return values.astype(str).str.replace(r"\s+", "_", regex=True)
+    return values.astype(str).map(_quote_if_reserved)
+
+
+_RESERVED = ("_", "#", "$", "data_", "loop_", "save_", "global_", "stop_", "'", '"')
+
+
+def _quote_if_reserved(text: str) -> str:
+    """Quote strings a STAR parser would read as syntax (starfile quotes those with spaces)."""
+    if text == "" or (text.lower().startswith(_RESERVED) and not any(c.isspace() for c in text)):
+        return '"' + text.replace('"', "'") + '"'
+    return text
 
 
 def coordinates_table(
@@ -581,14 +633,15 @@ def convert_star_layout(
                     continue
                 table[column] = pt.optics_column(column).to_numpy()
             table = table.drop(columns=[c for c in ("rlnOpticsGroup",) if c in table.columns])
-        if "rlnDetectorPixelSize" not in table.columns:
-            px = pt.pixel_size(IMAGE_PIXEL_SIZE_COLUMNS)
-            if px is not None:
-                table["rlnMagnification"] = 10000.0
-                table["rlnDetectorPixelSize"] = px.to_numpy()
+        px = pt.pixel_size(IMAGE_PIXEL_SIZE_COLUMNS)
+        if "rlnDetectorPixelSize" not in table.columns and px is not None:
+            table["rlnMagnification"] = 10000.0
+            table["rlnDetectorPixelSize"] = px.to_numpy()
+        _origins_to(table, "pixels", px, src)
         data: Any = {"": _formatted(table)}
     elif layout == "3.1":
         if pt.optics is not None:
+            _origins_to(table, "angstrom", pt.pixel_size(IMAGE_PIXEL_SIZE_COLUMNS), src)
             data = {"optics": _formatted(pt.optics), pt.block_name or "particles": _formatted(table)}
         else:
             optics_cols = [c for c in OPTICS_COLUMNS if c in table.columns]
@@ -597,6 +650,7 @@ def convert_star_layout(
                 table["rlnImagePixelSize"] = px.round(6).to_numpy()
                 if "rlnImagePixelSize" not in optics_cols:
                     optics_cols.append("rlnImagePixelSize")
+            _origins_to(table, "angstrom", px, src)
             table = table.drop(columns=[c for c in ("rlnDetectorPixelSize", "rlnMagnification") if c in table.columns])
             optics_cols = [c for c in optics_cols if c in table.columns]
             if optics_cols:
@@ -604,7 +658,7 @@ def convert_star_layout(
                 combos.insert(0, "rlnOpticsGroup", np.arange(1, len(combos) + 1))
                 combos.insert(1, "rlnOpticsGroupName", [f"opticsGroup{i}" for i in combos["rlnOpticsGroup"]])
                 merged = table.merge(combos, on=optics_cols, how="left")
-                table = merged.drop(columns=optics_cols)
+                table = merged.drop(columns=optics_cols + ["rlnOpticsGroupName"])
                 optics = combos
             else:
                 optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"]})
@@ -615,6 +669,21 @@ def convert_star_layout(
     with atomic_path(dst, overwrite=overwrite) as tmp:
         starfile.write(data, tmp, quote_all_strings=False)
     return dst
+
+
+def _origins_to(table: pd.DataFrame, unit: str, pixel: pd.Series | None, path: Path) -> None:
+    """Convert particle shifts in place: rlnOriginX/Y/Z (pixels, 3.0) <-> rlnOriginX/Y/ZAngst (3.1+)."""
+    src_cols, dst_cols = (ORIGIN_PIXELS, ORIGIN_ANGST) if unit == "angstrom" else (ORIGIN_ANGST, ORIGIN_PIXELS)
+    present = [(s, d) for s, d in zip(src_cols, dst_cols) if s in table.columns]
+    if not present:
+        return
+    if pixel is None:
+        raise CryoInputError(path, f"cannot convert {present[0][0]} without a pixel size")
+    px = pixel.to_numpy(dtype=float)
+    for s, d in present:
+        values = pd.to_numeric(table[s], errors="coerce").to_numpy(dtype=float)
+        table[d] = values * px if unit == "angstrom" else values / px
+        table.drop(columns=s, inplace=True)
 
 
 #: Columns that must hold numbers wherever they appear.
