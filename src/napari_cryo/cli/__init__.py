@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "info": "napari_cryo.cli.info",
     "convert": "napari_cryo.cli.convert",
     "demo": "napari_cryo.cli.demo",
+    "pick": "napari_cryo.picking._cli",
 }
 
 EXIT_BAD_INPUT = 2

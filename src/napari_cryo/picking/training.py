@@ -64,6 +64,8 @@ class TrainConfig:
         Weight of the positive-unlabelled term.
     augment : bool
         Random rotation, flips, anisotropic scale, shear and noise.
+    cosine : bool
+        Decay the learning rate along a cosine to 5 % of ``lr`` by the end.
     seed : int
         Random seed of patch sampling and augmentation.
     """
@@ -77,6 +79,7 @@ class TrainConfig:
     false_positive_weight: float = 4.0
     pu_weight: float = 1.0
     augment: bool = True
+    cosine: bool = True
     seed: int = 0
 
     def key(self) -> str:
@@ -323,6 +326,10 @@ def train(
         net.train()
         losses = []
         for step in range(config.steps_per_epoch):
+            global_step = epoch * config.steps_per_epoch + step
+            if config.cosine:
+                for group in opt.param_groups:
+                    group["lr"] = config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * global_step / total_steps)))
             img, tgt, prior = sampler.batch()
             img, tgt, prior = img.to(device), tgt.to(device), prior.to(device)
             logits = net(img)

@@ -55,6 +55,27 @@ def random_structure(
     return atoms * scale[:, None]
 
 
+def atoms_from_map(volume: np.ndarray, voxel_size: float, n_atoms: int = 2000, seed: int = 0, level: float | None = None) -> np.ndarray:
+    """Pseudo-atoms that follow a real density map (e.g. an EMDB map), in Å, centred.
+
+    Voxels above ``level`` (default: the 90th percentile, roughly the
+    molecular surface of a map in a box) are drawn with probability
+    proportional to their density and jittered within the voxel, so the
+    projections of the atoms reproduce the projections of the map at the
+    atoms' blur.
+    """
+    rng = np.random.default_rng(seed)
+    vol = np.asarray(volume, dtype=np.float64)
+    level = float(np.percentile(vol, 90)) if level is None else level
+    weights = np.clip(vol - level, 0, None).ravel()
+    if weights.sum() <= 0:
+        raise ValueError("no density above the level")
+    idx = rng.choice(weights.size, size=n_atoms, p=weights / weights.sum())
+    zyx = np.column_stack(np.unravel_index(idx, vol.shape)).astype(float) + rng.uniform(-0.5, 0.5, (n_atoms, 3))
+    xyz = zyx[:, ::-1] * voxel_size
+    return xyz - xyz.mean(axis=0)
+
+
 def random_rotations(rng: np.random.Generator, n: int) -> np.ndarray:
     """Uniformly distributed RELION Euler angles (rot, tilt, psi) in degrees, (n, 3)."""
     rot = rng.uniform(-180.0, 180.0, n)

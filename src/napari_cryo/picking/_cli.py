@@ -1,0 +1,253 @@
+"""Particle picking: ``napari-cryo pick train | run | evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CryoInputError
+
+HELP = "2D particle picking: train a picker, pick micrographs, evaluate picks"
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    from ..cli import add_device_arg
+
+    sub = parser.add_subparsers(dest="pick_command", metavar="STEP")
+    sub.required = True
+
+    t = sub.add_parser("train", help="train or fine-tune a picker on your picks", description="Train or fine-tune a picker from picks (sparse labels are fine), false positives and painted masks.")
+    t.add_argument("micrographs", nargs="+", help="2D micrograph MRC files")
+    t.add_argument("--positives", required=True, metavar="STAR_OR_DIR", help="picked particles: one STAR file (with rlnMicrographName) or a directory of per-micrograph STAR files")
+    t.add_argument("--false-positives", metavar="STAR_OR_DIR", help="picks that are not particles (trained as background)")
+    t.add_argument("--masks", nargs="+", metavar="MRC", help="painted masks (non-zero = junk, e.g. carbon), one per micrograph, matched by file name")
+    t.add_argument("--diameter", type=float, required=True, metavar="A", help="particle diameter in Å")
+    t.add_argument("--out", required=True, metavar="MODEL", help="model file to write (.pt)")
+    t.add_argument("--from", dest="from_model", metavar="MODEL", default="generic", help="model to fine-tune: 'generic' (default), a model file, or 'scratch'")
+    t.add_argument("--expected-particles", type=float, metavar="N", help="particles per micrograph you expect (default: twice the number picked)")
+    t.add_argument("--complete", action="store_true", help="the picks are complete: train unlabelled pixels as background")
+    t.add_argument("--epochs", type=int, default=4)
+    t.add_argument("--steps", type=int, default=50, help="batches per epoch")
+    t.add_argument("--lr", type=float, default=None, help="learning rate (default 3e-4 fine-tuning, 1e-3 from scratch)")
+    t.add_argument("--working-pixel-size", type=float, metavar="A", help="override the working pixel size (default diameter/20)")
+    t.add_argument("--pixel-size", type=float, metavar="A", help="pixel size of micrographs whose header has none")
+    t.add_argument("--invert", action="store_true", help="particles are white on the micrographs")
+    t.add_argument("--name", help="model name (default: the output file stem)")
+    t.add_argument("--overwrite", action="store_true")
+    add_device_arg(t)
+
+    r = sub.add_parser("run", help="pick micrographs with a model", description="Pick particles; writes DIR/<micrograph>_picks.star per micrograph.")
+    r.add_argument("micrographs", nargs="+", help="2D micrograph MRC files")
+    r.add_argument("--model", default="generic", help="model file, or 'generic' (default) for the model shipped with napari-cryo")
+    r.add_argument("--diameter", type=float, required=True, metavar="A", help="particle diameter in Å")
+    r.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    r.add_argument("--threshold", type=float, default=None, help="particle probability threshold (default: the model's)")
+    r.add_argument("--min-distance", type=float, default=None, metavar="A", help="minimum distance between picks in Å (default: the radius)")
+    r.add_argument("--border", type=float, default=None, metavar="A", help="margin from the edge in Å (default: the radius)")
+    r.add_argument("--masks", nargs="+", metavar="MRC", help="exclusion masks (non-zero = do not pick), matched by file name")
+    r.add_argument("--keep-junk", action="store_true", help="also pick where the model sees junk")
+    r.add_argument("--working-pixel-size", type=float, metavar="A")
+    r.add_argument("--pixel-size", type=float, metavar="A", help="pixel size of micrographs whose header has none")
+    r.add_argument("--invert", action="store_true", default=None, help="particles are white (default: the model's setting)")
+    r.add_argument("--overwrite", action="store_true")
+    add_device_arg(r)
+
+    e = sub.add_parser("evaluate", help="precision and recall of picks against ground truth")
+    e.add_argument("picks", help="picked coordinates: STAR file or directory (with rlnAutopickFigureOfMerit)")
+    e.add_argument("truth", help="true coordinates: STAR file or directory")
+    e.add_argument("--diameter", type=float, required=True, metavar="A", help="particle diameter in Å")
+    e.add_argument("--pixel-size", type=float, metavar="A", help="pixel size of the coordinates if the files give none")
+    e.add_argument("--json", action="store_true", help="print the scores as JSON")
+
+
+def _warn(messages: list[str]) -> None:
+    for m in messages:
+        print(f"napari-cryo pick: warning: {m}", file=sys.stderr)
+
+
+def _masks_by_stem(paths: list[str] | None) -> dict[str, np.ndarray]:
+    from ..io.mrc import read_mrc
+    from .data import stem_of
+
+    masks = {}
+    for p in paths or []:
+        data, _ = read_mrc(p)
+        masks[stem_of(p)] = np.asarray(data) > 0
+    return masks
+
+
+def _mask_for(masks: dict[str, np.ndarray], stem: str, shape: tuple[int, ...], path: Path) -> np.ndarray | None:
+    for key, mask in masks.items():
+        if stem == key or stem.startswith(key) or key.startswith(stem):
+            if mask.shape != shape:
+                raise CryoInputError(path, f"mask {key} has shape {mask.shape}, the micrograph {shape}")
+            return mask
+    return None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..device import resolve_device
+    from ..io.atomic import check_writable
+    from ..tasks import run_with_tqdm
+    from .data import load_micrograph, match_picks
+    from .labels import prepare_training_micrograph
+    from .model import PickerModel, load_model
+    from .preprocess import working_pixel_size
+    from .training import TrainConfig, train
+
+    out = check_writable(args.out, overwrite=args.overwrite)
+    device = resolve_device(args.device)
+    mics = [load_micrograph(p, args.pixel_size) for p in args.micrographs]
+    positives = match_picks(args.positives, mics, "picks")
+    _warn(positives.warnings)
+    false_pos = match_picks(args.false_positives, mics, "false positives") if args.false_positives else None
+    if false_pos:
+        _warn(false_pos.warnings)
+    masks = _masks_by_stem(args.masks)
+    if args.from_model == "scratch":
+        model = PickerModel.new(name=args.name or out.stem)
+        lr = args.lr or 1e-3
+    else:
+        model = load_model(args.from_model).copy(name=args.name or out.stem)
+        lr = args.lr or 3e-4
+    if args.invert:
+        model.invert = True
+    data = []
+    for m in mics:
+        wpx = working_pixel_size(args.diameter, m.pixel_size, args.working_pixel_size)
+        data.append(
+            prepare_training_micrograph(
+                m.image,
+                m.pixel_size,
+                wpx,
+                positives.by_stem.get(m.stem, np.zeros((0, 2))),
+                None if false_pos is None else false_pos.by_stem.get(m.stem),
+                _mask_for(masks, m.stem, m.image.shape, m.path),
+                complete=args.complete,
+                expected_particles=args.expected_particles,
+                invert=model.invert,
+                name=m.stem,
+            )
+        )
+    config = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps, lr=lr)
+    checkpoint = out.with_name(out.name + ".ckpt")
+
+    def report(value):
+        if isinstance(value, dict) and "epoch" in value:
+            print(f"epoch {value['epoch']}: train loss {value['train_loss']:.4f}, validation loss {value['val_loss']:.4f}", file=sys.stderr)
+        elif isinstance(value, dict) and "resumed_from_epoch" in value:
+            print(f"resuming from the checkpoint at epoch {value['resumed_from_epoch']}", file=sys.stderr)
+
+    model = run_with_tqdm(train(model, data, config, checkpoint, device), "training", report)
+    model.save(out, overwrite=args.overwrite)
+    plot = out.with_name(out.stem + "_loss.png")
+    if model.history:
+        from .plots import save_loss_plot
+
+        save_loss_plot(model.history[-1]["losses"], plot)
+    checkpoint.unlink(missing_ok=True)
+    print(f"wrote {out}" + (f" and {plot}" if plot.exists() else ""))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..device import resolve_device
+    from ..io.star import write_coordinates
+    from .data import load_micrograph
+    from .model import load_model
+    from .picks import pick_micrograph
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CryoInputError(out, "exists and is not a directory")
+    device = resolve_device(args.device)
+    model = load_model(args.model)
+    threshold = model.threshold if args.threshold is None else args.threshold
+    if not 0 <= threshold <= 1:
+        raise CryoInputError(None, f"--threshold must be between 0 and 1, got {threshold}")
+    masks = _masks_by_stem(args.masks)
+    from .data import stem_of
+
+    targets = [out / f"{stem_of(p)}_picks.star" for p in args.micrographs]
+    if len(set(targets)) < len(targets):
+        raise CryoInputError(None, "two micrographs have the same file name; their pick files would collide")
+    if not args.overwrite:
+        existing = [t for t in targets if t.exists()]
+        if existing:
+            raise CryoInputError(existing[0], f"already exists{f' (and {len(existing) - 1} more)' if len(existing) > 1 else ''}; use --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    total = 0
+    for path, target in zip(tqdm(args.micrographs, desc="picking", unit="micrograph", disable=None), targets):
+        mic = load_micrograph(path, args.pixel_size)
+        result = pick_micrograph(
+            model,
+            mic.image,
+            mic.pixel_size,
+            args.diameter,
+            working_px=args.working_pixel_size,
+            invert=args.invert,
+            exclude_mask=_mask_for(masks, mic.stem, mic.image.shape, mic.path),
+            exclude_junk=not args.keep_junk,
+            device=device,
+            name=str(path),
+        )
+        yx, scores = result.picks(threshold, args.min_distance, args.border)
+        import pandas as pd
+
+        features = pd.DataFrame({"rlnAutopickFigureOfMerit": scores})
+        write_coordinates(target, yx, features, mic.pixel_size, micrograph_name=str(path), overwrite=True)
+        total += len(yx)
+    print(f"wrote {len(targets)} pick file(s) with {total} picks to {out}")
+    return 0
+
+
+def _read_pick_sets(spec: str, pixel_size: float | None) -> dict[str, tuple[np.ndarray, np.ndarray, float | None]]:
+    from ..io.star import read_coordinates
+    from .data import _pick_files, stem_of
+
+    result: dict[str, tuple[np.ndarray, np.ndarray, float | None]] = {}
+    for file in _pick_files(Path(spec)):
+        for cs in read_coordinates(file):
+            key = stem_of(cs.name) if cs.name else stem_of(file).removesuffix("_picks").removesuffix("_autopick")
+            score = (
+                cs.features["rlnAutopickFigureOfMerit"].to_numpy(dtype=float)
+                if "rlnAutopickFigureOfMerit" in cs.features.columns
+                else np.ones(len(cs.points))
+            )
+            prev = result.get(key)
+            pts = cs.points if prev is None else np.concatenate([prev[0], cs.points])
+            sc = score if prev is None else np.concatenate([prev[1], score])
+            result[key] = (pts, sc, pixel_size or cs.pixel_size)
+    return result
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import score_picks
+
+    picks = _read_pick_sets(args.picks, args.pixel_size)
+    truth = _read_pick_sets(args.truth, args.pixel_size)
+    common = sorted(set(picks) & set(truth))
+    if not common:
+        raise CryoInputError(args.picks, f"no micrograph in common with {args.truth} (matched by micrograph name)")
+    px = next((truth[k][2] for k in common if truth[k][2]), None) or next((picks[k][2] for k in common if picks[k][2]), None)
+    if px is None:
+        raise CryoInputError(args.truth, "gives no pixel size; pass --pixel-size")
+    radius_px = args.diameter / 4.0 / px  # half the particle radius
+    scores = score_picks([picks[k][0] for k in common], [picks[k][1] for k in common], [truth[k][0] for k in common], radius_px)
+    summary = {"micrographs": len(common), "match_radius_A": args.diameter / 4.0, **scores.as_dict()}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for key, value in summary.items():
+            print(f"{key.replace('_', ' '):<26}{value:.4g}" if isinstance(value, float) else f"{key.replace('_', ' '):<26}{value}")
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    return {"train": cmd_train, "run": cmd_run, "evaluate": cmd_evaluate}[args.pick_command](args)

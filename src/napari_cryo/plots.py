@@ -1,0 +1,39 @@
+"""Small matplotlib figures shared by the command line (PNG files) and the widgets (Qt canvases)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def loss_figure(history: Sequence[dict[str, Any]], figure=None, title: str = "training"):
+    """Plot train and validation loss per epoch on a (new or given) matplotlib Figure."""
+    if figure is None:
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=(4.5, 3.0), dpi=100)
+    figure.clear()
+    ax = figure.add_subplot(111)
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    val = [h.get("val_loss", float("nan")) for h in history]
+    if any(v == v for v in val):  # any non-NaN
+        ax.plot(epochs, val, "s--", label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend(loc="upper right")
+    ax.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def save_figure(figure, path: str | os.PathLike, overwrite: bool = True) -> Path:
+    """Save a figure as PNG atomically."""
+    from .io.atomic import atomic_path
+
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        figure.savefig(tmp, format="png")
+    return Path(path)

@@ -1,0 +1,99 @@
+"""The picking widget in a real viewer: pick, correct, paint, retrain, export."""
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def picking(make_napari_viewer, qtbot):
+    from napari_cryo.picking._widget import PickingWidget
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-cryo", "micrograph")
+    widget = PickingWidget(viewer)
+    widget._image.value = viewer.layers["micrograph"]
+    widget._diameter.value = 150.0
+    return viewer, widget, qtbot
+
+
+def _wait(qtbot, worker):
+    assert worker is not None
+    with qtbot.waitSignal(worker.finished, timeout=120000):
+        pass
+
+
+def test_pick_threshold_and_corrections(picking, tmp_path):
+    viewer, widget, qtbot = picking
+    _wait(qtbot, widget.pick())
+    layer = viewer.layers["micrograph picks"]
+    n = len(layer.data)
+    assert n > 20 and set(layer.features["source"]) == {"auto"}
+    assert np.allclose(layer.scale, viewer.layers["micrograph"].scale)
+    assert layer.size[0] == pytest.approx(150 / viewer.layers["micrograph"].scale[-1])
+
+    widget._threshold.value = 0.95  # instant: no network run
+    assert len(viewer.layers["micrograph picks"].data) < n
+    widget._threshold.value = 0.5
+    n = len(layer.data)
+
+    # the user deletes two picks: they become false positives
+    layer.selected_data = {0, 1}
+    widget.reject_selected()
+    assert len(widget.sessions[("micrograph", -1)].false_positives) == 2
+    assert len(layer.data) == n - 2
+    assert "micrograph rejected" in viewer.layers
+
+    # adding a point by hand makes a manual pick that survives the threshold
+    layer.add(np.array([[5.0, 5.0]]))
+    assert list(layer.features["source"])[-1] == "manual"
+    widget._threshold.value = 0.98
+    assert any(np.allclose(p, [5.0, 5.0]) for p in viewer.layers["micrograph picks"].data)
+    assert "here" in widget._count.value
+
+    written = widget.export(tmp_path)
+    from napari_cryo.io.star import read_coordinates
+
+    (cs,) = read_coordinates(written[0])
+    np.testing.assert_allclose(np.sort(cs.points, axis=0), np.sort(np.asarray(viewer.layers["micrograph picks"].data), axis=0))
+
+
+def test_mask_brush_in_angstrom_and_exclusion(picking):
+    viewer, widget, qtbot = picking
+    widget._brush.value = 300.0
+    widget.paint_mask()
+    labels = viewer.layers["micrograph exclusions"]
+    assert labels.mode == "paint"
+    assert labels.brush_size == pytest.approx(300.0 / viewer.layers["micrograph"].scale[-1])
+    labels.data[:, :] = 1  # paint everything: nothing may be picked
+    _wait(qtbot, widget.pick())
+    assert len(viewer.layers["micrograph picks"].data) == 0
+
+
+def test_probability_overlay_and_retrain(picking):
+    viewer, widget, qtbot = picking
+    _wait(qtbot, widget.pick())
+    widget._show_prob.value = True
+    prob = viewer.layers["micrograph particle probability"]
+    assert prob.data.shape == viewer.layers["micrograph"].data.shape and prob.blending == "additive"
+    widget._epochs.value = 1
+    widget._name.value = "mine"
+    worker = widget.retrain()
+    _wait(qtbot, worker)
+    qtbot.waitUntil(lambda: widget._model.value == "mine", timeout=60000)
+    assert "mine" in widget.models and widget.models["mine"].history
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120000)
+
+
+def test_errors_become_notifications(make_napari_viewer, monkeypatch):
+    import napari.utils.notifications as notifications
+
+    from napari_cryo.picking._widget import PickingWidget
+
+    shown = []
+    monkeypatch.setattr(notifications, "show_error", shown.append)
+    viewer = make_napari_viewer()
+    widget = PickingWidget(viewer)
+    assert widget.pick() is None and widget.retrain() is None
+    assert shown and "open a micrograph first" in shown[0]
