@@ -97,3 +97,20 @@ def test_errors_become_notifications(make_napari_viewer, monkeypatch):
     widget = PickingWidget(viewer)
     assert widget.pick() is None and widget.retrain() is None
     assert shown and "open a micrograph first" in shown[0]
+
+
+def test_stack_of_micrographs(make_napari_viewer, qtbot, tmp_path):
+    from napari_cryo.picking._widget import PickingWidget
+    from napari_cryo.synthetic import simulate_micrograph
+
+    viewer = make_napari_viewer()
+    mics = [simulate_micrograph(shape=(384, 384), pixel_size=3.0, n_particles=20, seed=s) for s in (1, 2)]
+    stack = viewer.add_image(np.stack([m.image for m in mics]), name="stack", scale=(1.0, 3.0, 3.0))
+    widget = PickingWidget(viewer)
+    widget._image.value = stack
+    widget._threshold.value = 0.3
+    _wait(qtbot, widget.pick(all_micrographs=True))
+    picks = viewer.layers["stack picks"]
+    assert picks.data.shape[1] == 3 and set(np.unique(picks.data[:, 0])) == {0, 1}
+    written = widget.export(tmp_path)
+    assert [p.name for p in written] == ["stack_0000_picks.star", "stack_0001_picks.star"]

@@ -516,6 +516,9 @@ def _loss_canvas():
     except ImportError:  # pragma: no cover
         return None, None
     figure = Figure(figsize=(4, 2.6), dpi=90)
+    ax = figure.add_subplot(111)
+    ax.text(0.5, 0.5, "the loss curve appears here\nduring retraining", ha="center", va="center", color="0.5")
+    ax.set_axis_off()
     canvas = FigureCanvasQTAgg(figure)
     canvas.setMinimumHeight(200)
     return figure, canvas

@@ -17,6 +17,13 @@ from scipy import ndimage
 from skimage.draw import disk, line_aa, polygon
 
 ATTRIBUTES = ("brightness", "squareness", "cracking", "contamination", "overall")
+#: Intensity of a square whose film is broken (no ice): the brightest a square gets.
+EMPTY_LEVEL = 0.97
+
+
+def squareness_score(lost_fraction: float | np.ndarray) -> np.ndarray:
+    """0–4 squareness from the fraction of the square's area that is missing (folded, covered)."""
+    return np.clip(4.0 - 8.0 * np.asarray(lost_fraction, dtype=float), 0.0, 4.0)
 
 
 @dataclass
@@ -125,10 +132,10 @@ def simulate_atlas(
     empty = rng.random(n_sq) < 0.07
     cracking = np.where(rng.random(n_sq) < 0.25, rng.integers(1, 5, n_sq), 0)
     contamination = np.where(rng.random(n_sq) < 0.3, rng.integers(1, 5, n_sq), 0)
-    fold = np.where(rng.random(n_sq) < 0.15, rng.uniform(0.1, 0.45, n_sq), 0.0)
+    fold = np.where(rng.random(n_sq) < 0.15, rng.uniform(0.15, 0.5, n_sq), 0.0)
 
     transmission = np.exp(-2.2 * thickness)
-    transmission[empty] = 0.97
+    transmission[empty] = EMPTY_LEVEL
     level = transmission[(iu - i_lo) * nj + (iv - j_lo)]
     image = np.where(in_hole & in_rim, level, 0.03).astype(np.float64)
 
@@ -152,8 +159,8 @@ def simulate_atlas(
             visible = inside_img and inside_rim
             if not empty[k] and visible:
                 _decorate(image, rng, corners, cx, cy, side, cos, sin, cracking[k], contamination[k], fold[k], level_of=transmission[k])
-            squareness = int(np.clip(round(4 - fold[k] * 9), 0, 4))
-            brightness = int(np.clip(round(transmission[k] * 4.6 - 0.3), 0, 4)) if not empty[k] else 4
+            squareness = int(squareness_score(2.0 * fold[k] ** 2).round())
+            brightness = int(np.clip(round(4.0 * transmission[k] / EMPTY_LEVEL), 0, 4))
             rows.append(
                 {
                     "center_y": cy,
@@ -208,9 +215,12 @@ def _decorate(image, rng, corners, cx, cy, side, cos, sin, n_cracks, n_spots, fo
         rr, cc = disk((y, x), rng.uniform(0.05, 0.12) * side, shape=image.shape)
         image[rr, cc] = 0.08
     if fold > 0:
-        corner = corners[rng.integers(4)]
-        c = np.array([cx, cy])
-        p1 = corner + (corners[(np.argmin(np.sum((corners - corner) ** 2, axis=1)) + 1) % 4] - corner) * fold * 2
-        tri = np.array([corner, p1, corner + (c - corner) * fold * 2])
+        # A folded corner: a right triangle with legs of 2 * fold * side along both edges,
+        # so the square loses 2 * fold**2 of its area (see squareness_score).
+        i = int(rng.integers(4))
+        corner = corners[i]
+        p1 = corner + (corners[(i + 1) % 4] - corner) * fold * 2
+        p2 = corner + (corners[(i - 1) % 4] - corner) * fold * 2
+        tri = np.array([corner, p1, p2])
         rr, cc = polygon(tri[:, 1], tri[:, 0], shape=image.shape)
         image[rr, cc] = 0.03

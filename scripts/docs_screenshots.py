@@ -1,0 +1,67 @@
+"""Regenerate the screenshots in docs/images from the sample data (run under xvfb-run).
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/docs_screenshots.py
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
+
+
+def wait(widget) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    while widget.worker is not None:
+        QApplication.processEvents()
+        time.sleep(0.02)
+    for _ in range(20):
+        QApplication.processEvents()
+        time.sleep(0.02)
+
+
+def save(img: np.ndarray, name: str) -> None:
+    from skimage.io import imsave
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    imsave(OUT / name, np.asarray(img)[..., :3], check_contrast=False)
+    print("wrote", OUT / name)
+
+
+def picking() -> None:
+    import napari
+
+    from napari_cryo.picking._widget import PickingWidget
+
+    viewer = napari.Viewer(title="napari-cryo: particle picking")
+    viewer.window._qt_window.resize(1500, 950)
+    viewer.open_sample("napari-cryo", "micrograph")
+    viewer.layers["micrograph ground truth"].visible = False
+    widget = PickingWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Particle picking", area="right")
+    widget._image.value = viewer.layers["micrograph"]
+    widget._diameter.value = 150.0
+    widget.pick()
+    wait(widget)
+    widget._threshold.value = 0.6
+    viewer.reset_view()
+    save(viewer.screenshot(canvas_only=False, flash=False), "picking_picks.png")
+
+    widget._brush.value = 400.0
+    widget.paint_mask()
+    junk = viewer.layers["micrograph junk (truth)"].data
+    viewer.layers["micrograph exclusions"].data = (junk == 1).astype(np.uint8)  # 'painted' carbon
+    save(viewer.screenshot(canvas_only=False, flash=False), "picking_mask.png")
+
+    widget._show_prob.value = True
+    viewer.layers["micrograph exclusions"].visible = False
+    save(viewer.screenshot(canvas_only=True, flash=False), "picking_probability.png")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    picking()

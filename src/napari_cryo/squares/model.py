@@ -1,0 +1,215 @@
+"""XCryoNet in torch: a primary branch, attention-guided attribute branches and a fusion branch.
+
+* **Primary branch.** A feature network (one convolution, two residual
+  blocks) feeds:
+  - a classifier: pooling, then two fully connected layers for the four
+    attributes, then two more for the overall score from those attributes;
+  - a decoder (two transposed convolutions and a convolution) that
+    reconstructs the input.
+* **Attention.** The primary feature maps are split into two halves, one for
+  cracking and one for contamination. Each half is max-pooled over channels,
+  upsampled to the input size and passed through a sigmoid.
+* **Attribute branches.** Each attention-weighted crop feeds an attribute
+  branch. The branches have the same design as the primary one, but predict a
+  single attribute, and each has its own decoder.
+* **Fusion branch.** Pooled features of all three branches give the final
+  attributes and overall score.
+
+Scores are regressed on the 0–4 scale: a sigmoid output scaled by 4.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import CryoInputError
+
+ATTRIBUTES = ("brightness", "squareness", "cracking", "contamination")
+SCORES = (*ATTRIBUTES, "overall")
+CRACKING, CONTAMINATION = 2, 3
+FORMAT = "napari-cryo-squares"
+FORMAT_VERSION = 1
+VARIANTS = ("xcryonet", "primary")
+
+
+class Residual(nn.Module):
+    """Residual block: two 3x3 convolutions with batch norm, 1x1 shortcut when the shape changes."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out),
+        )
+        self.skip = nn.Identity() if (c_in == c_out and stride == 1) else nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.body(x) + self.skip(x))
+
+
+class FeatureNet(nn.Module):
+    """One convolution and two residual blocks: (B,1,S,S) -> (B,C,S/4,S/4)."""
+
+    def __init__(self, channels: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, channels // 2, 3, 1, 1, bias=False), nn.BatchNorm2d(channels // 2), nn.ReLU(inplace=True),
+            Residual(channels // 2, channels, 2),
+            Residual(channels, channels, 2),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    """Two transposed convolutions and a convolution: features back to the crop."""
+
+    def __init__(self, channels: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(channels, channels // 2, 4, 2, 1), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(channels // 2, channels // 4, 4, 2, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(channels // 4, 1, 3, 1, 1),
+        )
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.net(f)
+
+
+def _score(x: torch.Tensor) -> torch.Tensor:
+    return 4.0 * torch.sigmoid(x)
+
+
+class Branch(nn.Module):
+    """Features, a classifier for ``n_out`` attributes (plus overall when ``overall``), a decoder."""
+
+    def __init__(self, channels: int, n_out: int, overall: bool) -> None:
+        super().__init__()
+        self.features = FeatureNet(channels)
+        self.fc = nn.Sequential(nn.Linear(channels, 64), nn.ReLU(inplace=True), nn.Linear(64, n_out))
+        self.overall = nn.Sequential(nn.Linear(n_out, 16), nn.ReLU(inplace=True), nn.Linear(16, 1)) if overall else None
+        self.decoder = Decoder(channels)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.features(x)
+        pooled = F.adaptive_avg_pool2d(f, 1).flatten(1)
+        attrs = _score(self.fc(pooled))
+        out = {"features": f, "pooled": pooled, "attributes": attrs, "reconstruction": self.decoder(f)}
+        if self.overall is not None:
+            out["overall"] = _score(self.overall(attrs / 4.0))[:, 0]
+        return out
+
+
+class XCryoNet(nn.Module):
+    """The full network, or the primary branch alone (``variant="primary"``)."""
+
+    def __init__(self, channels: int = 32, variant: str = "xcryonet") -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        self.variant = variant
+        self.channels = channels
+        self.primary = Branch(channels, len(ATTRIBUTES), overall=True)
+        if variant == "xcryonet":
+            self.cracking = Branch(channels, 1, overall=False)
+            self.contamination = Branch(channels, 1, overall=False)
+            self.fusion = nn.Sequential(nn.Linear(3 * channels, 64), nn.ReLU(inplace=True), nn.Linear(64, len(SCORES)))
+
+    def attention(self, features: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cracking and contamination attention maps (B,1,S,S) in [0, 1]."""
+        half = features.shape[1] // 2
+        maps = []
+        for part in (features[:, :half], features[:, half:]):
+            pooled = part.max(dim=1, keepdim=True).values
+            maps.append(torch.sigmoid(F.interpolate(pooled, size=(size, size), mode="bilinear", align_corners=False)))
+        return maps[0], maps[1]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B,1,S,S) crops -> dict of predictions, reconstructions and attention maps."""
+        p = self.primary(x)
+        out = {
+            "primary_attributes": p["attributes"],
+            "primary_overall": p["overall"],
+            "primary_reconstruction": p["reconstruction"],
+        }
+        if self.variant == "primary":
+            out["scores"] = torch.cat([p["attributes"], p["overall"][:, None]], dim=1)
+            return out
+        att_crack, att_cont = self.attention(p["features"], x.shape[-1])
+        c = self.cracking(x * att_crack)
+        m = self.contamination(x * att_cont)
+        fused = self.fusion(torch.cat([p["pooled"], c["pooled"], m["pooled"]], dim=1))
+        out.update(
+            {
+                "attention_cracking": att_crack,
+                "attention_contamination": att_cont,
+                "cracking": c["attributes"][:, 0],
+                "contamination": m["attributes"][:, 0],
+                "cracking_reconstruction": c["reconstruction"],
+                "contamination_reconstruction": m["reconstruction"],
+                "cracking_input": x * att_crack,
+                "contamination_input": x * att_cont,
+                "scores": _score(fused),
+            }
+        )
+        return out
+
+
+@dataclass
+class SquareModel:
+    """A square-scoring network with its settings and training history."""
+
+    net: XCryoNet
+    crop_size: int = 64
+    name: str = "squares"
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def variant(self) -> str:
+        return self.net.variant
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the model file atomically."""
+        from ..io.atomic import atomic_path
+
+        payload = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "name": self.name,
+            "variant": self.net.variant,
+            "channels": self.net.channels,
+            "crop_size": self.crop_size,
+            "history": self.history,
+            "state_dict": {k: v.cpu() for k, v in self.net.state_dict().items()},
+        }
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            torch.save(payload, tmp)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SquareModel":
+        """Read a model file, checking that it is one."""
+        path = Path(path)
+        if not path.is_file():
+            raise CryoInputError(path, "model file not found")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001
+            raise CryoInputError(path, f"is not a model file ({type(exc).__name__})") from None
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise CryoInputError(path, "is not a napari-cryo square-scoring model")
+        net = XCryoNet(int(payload.get("channels", 32)), str(payload.get("variant", "xcryonet")))
+        try:
+            net.load_state_dict(payload["state_dict"])
+        except (RuntimeError, KeyError) as exc:
+            raise CryoInputError(path, f"weights do not fit the network ({str(exc).splitlines()[0]})") from None
+        net.eval()
+        return cls(net, int(payload.get("crop_size", 64)), str(payload.get("name", path.stem)), list(payload.get("history", [])))
