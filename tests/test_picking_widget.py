@@ -104,7 +104,7 @@ def test_stack_of_micrographs(make_napari_viewer, qtbot, tmp_path):
     from napari_cryo.synthetic import simulate_micrograph
 
     viewer = make_napari_viewer()
-    mics = [simulate_micrograph(shape=(384, 384), pixel_size=3.0, n_particles=20, seed=s) for s in (1, 2)]
+    mics = [simulate_micrograph(shape=(512, 512), pixel_size=3.0, n_particles=30, carbon_fraction=0, n_contamination=0, seed=s) for s in (1, 2)]
     stack = viewer.add_image(np.stack([m.image for m in mics]), name="stack", scale=(1.0, 3.0, 3.0))
     widget = PickingWidget(viewer)
     widget._image.value = stack
