@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "convert": "napari_cryo.cli.convert",
     "demo": "napari_cryo.cli.demo",
     "pick": "napari_cryo.picking._cli",
+    "squares": "napari_cryo.squares._cli",
 }
 
 EXIT_BAD_INPUT = 2

@@ -3,7 +3,8 @@
 A montage comes as an MRC stack of tiles in row-major order with a grid
 layout (rows, columns, overlap).  Tiles are placed at their nominal
 positions, then each tile's offset to its left and upper neighbours is
-measured by phase cross-correlation of the overlapping strips, and all
+measured by normalised cross-correlation of the overlapping strips near the
+nominal offset (grids are periodic, so a global correlation is ambiguous), and all
 positions are found together by least squares, so one bad overlap does not
 shift the rest of the montage.
 """
@@ -69,8 +70,6 @@ def stitch_montage(tiles: np.ndarray, rows: int, cols: int, overlap: float, refi
     CryoInputError
         If the tile count does not fit the layout, or the overlap is outside [0, 0.5).
     """
-    from skimage.registration import phase_cross_correlation
-
     tiles = np.asarray(tiles, dtype=np.float32)
     if tiles.ndim != 3:
         raise CryoInputError(name, f"a montage is a stack of tiles, got shape {tiles.shape}")
@@ -93,14 +92,7 @@ def stitch_montage(tiles: np.ndarray, rows: int, cols: int, overlap: float, refi
                     if rr >= rows or cc >= cols:
                         continue
                     j = rr * cols + cc
-                    if dc:  # right neighbour: the right strip of k against the left strip of j
-                        a, b = tiles[k][:, tw - ox :], tiles[j][:, :ox]
-                        base = np.array([0.0, tw - ox])
-                    else:
-                        a, b = tiles[k][th - oy :, :], tiles[j][:oy, :]
-                        base = np.array([th - oy, 0.0])
-                    shift, _, _ = phase_cross_correlation(a, b, upsample_factor=4, normalization=None)
-                    measured = base - shift  # where tile j's origin sits relative to tile k's
+                    measured = _overlap_offset(tiles[k], tiles[j], (0, tw - ox) if dc else (th - oy, 0), ox if dc else oy, bool(dc))
                     expected = nominal[j] - nominal[k]
                     if np.any(np.abs(measured - expected) > 0.25 * np.array([th, tw])):
                         measured = expected  # implausible (e.g. a featureless overlap): keep nominal
@@ -122,6 +114,33 @@ def stitch_montage(tiles: np.ndarray, rows: int, cols: int, overlap: float, refi
         acc[y : y + th, x : x + tw] += tile
         weight[y : y + th, x : x + tw] += 1.0
     return (acc / np.maximum(weight, 1.0)).astype(np.float32)
+
+
+def _overlap_offset(ref: np.ndarray, moving: np.ndarray, nominal: tuple[int, int], overlap: int, horizontal: bool) -> np.ndarray:
+    """Where ``moving``'s origin lies in ``ref``'s pixels, searched near ``nominal``.
+
+    Grids are periodic, so a global correlation is ambiguous by whole mesh
+    cells; the search is limited to a third of the overlap around the
+    nominal position, by normalised cross-correlation of the overlap strip.
+    """
+    from skimage.feature import match_template
+
+    th, tw = ref.shape
+    m = max(2, overlap // 3)
+    ny, nx = nominal
+    if horizontal:
+        template = moving[m : th - m, m : overlap - m]
+        x0 = max(0, nx - m)
+        search = ref[:, x0:]
+        ncc = match_template(search, template)
+        r, c = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
+        return np.array([r - m, x0 + c - m], dtype=float)
+    template = moving[m : overlap - m, m : tw - m]
+    y0 = max(0, ny - m)
+    search = ref[y0:, :]
+    ncc = match_template(search, template)
+    r, c = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
+    return np.array([y0 + r - m, c - m], dtype=float)
 
 
 def load_montage(path: str | os.PathLike, rows: int, cols: int, overlap: float) -> tuple[np.ndarray, float | None]:

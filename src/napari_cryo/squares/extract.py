@@ -131,6 +131,34 @@ def grid_region(norm: np.ndarray, bar: float) -> np.ndarray:
     return region
 
 
+def fit_rim(region: np.ndarray, min_points: int = 50) -> tuple[tuple[float, float], float] | None:
+    """Fit the circular grid rim to the meshed region's boundary (away from the image edge).
+
+    Returns ((centre_y, centre_x), radius), or None when too little of the
+    rim is in view or the boundary is not circular.
+    """
+    h, w = region.shape
+    edge = region & ~ndimage.binary_erosion(region)
+    edge[:3, :] = edge[-3:, :] = edge[:, :3] = edge[:, -3:] = False
+    pts = np.argwhere(edge).astype(float)
+    if len(pts) < min_points:
+        return None
+    keep = np.ones(len(pts), bool)
+    for _ in range(3):  # algebraic circle fit, then drop outliers (notches at missing squares)
+        y, x = pts[keep, 0], pts[keep, 1]
+        a = np.column_stack([2 * y, 2 * x, np.ones(len(y))])
+        (cy, cx, c), *_ = np.linalg.lstsq(a, y**2 + x**2, rcond=None)
+        radius = float(np.sqrt(max(c + cy**2 + cx**2, 0.0)))
+        resid = np.abs(np.hypot(pts[:, 0] - cy, pts[:, 1] - cx) - radius)
+        keep = resid < max(3.0, 2.5 * np.median(resid[keep]))
+    # The rim bounds the mesh: the fitted circle should enclose (almost) all of the region.
+    yy, xx = np.nonzero(region)
+    outside = np.mean(np.hypot(yy - cy, xx - cx) > radius * 1.03)
+    if radius <= 0 or outside > 0.05 or np.median(resid[keep]) > 0.02 * radius:
+        return None
+    return (float(cy), float(cx)), radius
+
+
 def _corners(cx: np.ndarray, cy: np.ndarray, side: float, angle: float) -> np.ndarray:
     """(N, 4, 2) corner polygons in YX."""
     a = np.deg2rad(angle)
@@ -170,10 +198,10 @@ def find_squares(image: np.ndarray, min_pitch: float = 8.0, ncc_threshold: float
     if image.ndim != 2:
         raise CryoInputError(None, f"an atlas must be a 2D image, got shape {image.shape}")
     full, _, _ = normalise_atlas(image)
-    # Match on a binned copy with ~40 px per mesh cell: the same answer, many times faster.
+    # Match on a binned copy with ~60 px per mesh cell: the same answer, many times faster.
     coarse = estimate_lattice(_bin(full, max(1, int(min(full.shape) // 512))), min_pitch)
     f0 = max(1, int(min(full.shape) // 512))
-    factor = max(1, int(coarse.pitch * f0 // 40))
+    factor = max(1, int(coarse.pitch * f0 // 60))
     norm = _bin(full, factor)
     lattice = estimate_lattice(norm, min_pitch)
     hole = norm > threshold_otsu(ndimage.gaussian_filter(norm, 1.0))
@@ -183,7 +211,10 @@ def find_squares(image: np.ndarray, min_pitch: float = 8.0, ncc_threshold: float
     for frac in np.linspace(0.5, 0.92, 8):
         side = lattice.pitch * frac
         ncc = match_template(norm, square_template(lattice.pitch, side, lattice.angle, dark, bright), pad_input=True, mode="reflect")
-        peaks = peak_local_max(ncc, min_distance=max(2, int(lattice.pitch * 0.6)), threshold_abs=ncc_threshold, exclude_border=False)
+        # A round neighbourhood: a square one reaches the diagonal neighbours of a lattice at 45°.
+        r = max(2, int(lattice.pitch * 0.6))
+        yy, xx = np.ogrid[-r : r + 1, -r : r + 1]
+        peaks = peak_local_max(ncc, footprint=(yy**2 + xx**2) <= r * r, threshold_abs=ncc_threshold, exclude_border=False)
         score = float(np.mean(ncc[peaks[:, 0], peaks[:, 1]])) if len(peaks) else -1.0
         if best is None or score > best[0]:
             best = (score, side, ncc, peaks)
@@ -200,10 +231,15 @@ def find_squares(image: np.ndarray, min_pitch: float = 8.0, ncc_threshold: float
     h, w = image.shape
     inside_image = np.all((corners[..., 0] >= 0) & (corners[..., 0] <= h - 1) & (corners[..., 1] >= 0) & (corners[..., 1] <= w - 1), axis=1)
     region = grid_region(norm, lattice.pitch - side)
-    inner = _corners(cx, cy, side * 0.92, lattice.angle)  # just inside the edges
-    iy = np.clip(np.round(inner[..., 0]).astype(int), 0, h - 1)
-    ix = np.clip(np.round(inner[..., 1]).astype(int), 0, w - 1)
-    inside_grid = np.all(region[iy, ix], axis=1)
+    rim = fit_rim(region)
+    if rim is not None:
+        (ry, rx), radius = rim
+        inside_grid = np.all(np.hypot(corners[..., 0] - ry, corners[..., 1] - rx) <= radius + 0.02 * side, axis=1)
+    else:  # no circular rim in view: test the corners against the meshed region itself
+        inner = _corners(cx, cy, side * 0.92, lattice.angle)
+        iy = np.clip(np.round(inner[..., 0]).astype(int), 0, h - 1)
+        ix = np.clip(np.round(inner[..., 1]).astype(int), 0, w - 1)
+        inside_grid = np.all(region[iy, ix], axis=1)
     squares = pd.DataFrame(
         {
             "center_y": cy,

@@ -139,6 +139,7 @@ class XCryoNet(nn.Module):
             "primary_attributes": p["attributes"],
             "primary_overall": p["overall"],
             "primary_reconstruction": p["reconstruction"],
+            "primary_pooled": p["pooled"],
         }
         if self.variant == "primary":
             out["scores"] = torch.cat([p["attributes"], p["overall"][:, None]], dim=1)
@@ -157,6 +158,8 @@ class XCryoNet(nn.Module):
                 "contamination_reconstruction": m["reconstruction"],
                 "cracking_input": x * att_crack,
                 "contamination_input": x * att_cont,
+                "cracking_pooled": c["pooled"],
+                "contamination_pooled": m["pooled"],
                 "scores": _score(fused),
             }
         )

@@ -197,17 +197,8 @@ def train_squares(
                 ae_opt.zero_grad(set_to_none=True)
                 loss2.backward()
                 ae_opt.step()
-                # Step 3: fusion head on all branches' features, the rest frozen.
-                with torch.no_grad():
-                    out = net(x)
-                    pooled = torch.cat(
-                        [
-                            F.adaptive_avg_pool2d(net.primary.features(x), 1).flatten(1),
-                            F.adaptive_avg_pool2d(net.cracking.features(out["cracking_input"]), 1).flatten(1),
-                            F.adaptive_avg_pool2d(net.contamination.features(out["contamination_input"]), 1).flatten(1),
-                        ],
-                        dim=1,
-                    )
+                # Step 3: fusion head on the branches' pooled features from step 1, the rest frozen.
+                pooled = torch.cat([out["primary_pooled"], out["cracking_pooled"], out["contamination_pooled"]], dim=1).detach()
                 scores = 4.0 * torch.sigmoid(net.fusion(pooled))
                 loss3 = supervised_loss(scores, y)
                 fusion_opt.zero_grad(set_to_none=True)

@@ -1,0 +1,162 @@
+"""Grid-square scoring: ``napari-cryo squares extract | train | score``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CryoInputError
+
+HELP = "grid atlases: extract squares, train the square scorer, score and rank squares"
+
+
+def _atlas_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--montage", nargs=2, type=int, metavar=("ROWS", "COLS"), help="the atlas is an MRC stack of tiles in this layout (row-major)")
+    p.add_argument("--overlap", type=float, default=0.1, help="montage tile overlap as a fraction (default 0.1)")
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    from ..cli import add_device_arg
+
+    sub = parser.add_subparsers(dest="squares_command", metavar="STEP")
+    sub.required = True
+    e = sub.add_parser("extract", help="find the squares of an atlas and measure brightness and squareness")
+    e.add_argument("atlas", help="atlas: MRC or TIFF (or an MRC stack of tiles with --montage)")
+    e.add_argument("--out", required=True, metavar="CSV")
+    e.add_argument("--overwrite", action="store_true")
+    _atlas_args(e)
+    t = sub.add_parser("train", help="train the square scorer (XCryoNet) from labelled squares")
+    t.add_argument("atlases", nargs="+")
+    t.add_argument("--labels", nargs="+", required=True, metavar="CSV", help="one labels CSV per atlas, in the same order")
+    t.add_argument("--unlabeled", nargs="*", default=[], metavar="ATLAS", help="more atlases whose squares train without labels")
+    t.add_argument("--out", required=True, metavar="MODEL")
+    t.add_argument("--variant", choices=("xcryonet", "primary"), default="xcryonet")
+    t.add_argument("--fully-supervised", action="store_true", help="ignore unlabelled squares (ablation)")
+    t.add_argument("--epochs", type=int, default=40)
+    t.add_argument("--overwrite", action="store_true")
+    _atlas_args(t)
+    add_device_arg(t)
+    s = sub.add_parser("score", help="score and rank the squares of atlases; writes CSV and attention maps")
+    s.add_argument("model")
+    s.add_argument("atlases", nargs="+")
+    s.add_argument("--out", required=True, metavar="DIR")
+    s.add_argument("--overwrite", action="store_true")
+    _atlas_args(s)
+    add_device_arg(s)
+
+
+def _load(path: str, args: argparse.Namespace):
+    from .atlas import load_atlas, load_montage
+    from .data_names import stem
+
+    if args.montage:
+        image, px = load_montage(path, args.montage[0], args.montage[1], args.overlap)
+    else:
+        image, px = load_atlas(path)
+    return stem(path), image, px
+
+
+def _analyse(path: str, args: argparse.Namespace):
+    from .pipeline import analyse_atlas
+
+    name, image, px = _load(path, args)
+    try:
+        return analyse_atlas(image, name, px)
+    except CryoInputError as exc:
+        raise CryoInputError(path, exc.problem) from None
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from ..io.atomic import atomic_path, check_writable
+
+    out = check_writable(args.out, args.overwrite)
+    atlas = _analyse(args.atlas, args)
+    table = atlas.squares.rename(columns={})[["center_x", "center_y", "side", "angle", "complete", "ncc", "brightness", "squareness"]]
+    with atomic_path(out, overwrite=args.overwrite) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.3f")
+    print(f"wrote {out}: {len(table)} squares ({int(table['complete'].sum())} complete), pitch {atlas.lattice.pitch:.1f} px, angle {atlas.lattice.angle:.1f}°")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..device import resolve_device
+    from ..io.atomic import check_writable
+    from ..tasks import run_with_tqdm
+    from .labels import match_labels, read_labels
+    from .model import SquareModel, XCryoNet
+    from .training import SquareTrainConfig, train_squares
+
+    out = check_writable(args.out, args.overwrite)
+    if len(args.labels) != len(args.atlases):
+        raise CryoInputError(None, f"{len(args.atlases)} atlases but {len(args.labels)} label files; give one labels CSV per atlas")
+    device = resolve_device(args.device)
+    crops, labels = [], []
+    for atlas_path, label_path in zip(args.atlases, args.labels):
+        atlas = _analyse(atlas_path, args)
+        keep = atlas.squares["complete"].to_numpy(bool)
+        matched, warnings = match_labels(read_labels(label_path), atlas.squares, atlas.lattice.pitch / 2, name=label_path)
+        for w in warnings:
+            print(f"napari-cryo squares: warning: {w}", file=sys.stderr)
+        auto = atlas.auto_labels()
+        merged = np.where(np.isfinite(matched), matched, auto)
+        crops.append(atlas.crops[keep])
+        labels.append(merged[keep])
+    if not args.fully_supervised:
+        for path in args.unlabeled:
+            atlas = _analyse(path, args)
+            keep = atlas.squares["complete"].to_numpy(bool)
+            crops.append(atlas.crops[keep])
+            labels.append(atlas.auto_labels()[keep])
+    model = SquareModel(XCryoNet(variant=args.variant), name=out.stem)
+    config = SquareTrainConfig(epochs=args.epochs, semi_supervised=not args.fully_supervised)
+    checkpoint = out.with_name(out.name + ".ckpt")
+
+    def report(v):
+        if isinstance(v, dict) and "epoch" in v and (v["epoch"] % 10 == 0 or v["epoch"] == args.epochs):
+            print(f"epoch {v['epoch']}: loss {v['train_loss']:.4f}", file=sys.stderr)
+
+    model = run_with_tqdm(train_squares(model, np.concatenate(crops), np.concatenate(labels), config, checkpoint, device), "training", report)
+    model.save(out, overwrite=args.overwrite)
+    checkpoint.unlink(missing_ok=True)
+    from ..plots import loss_figure, save_figure
+
+    save_figure(loss_figure(model.history[-1]["losses"], title="square scorer training"), out.with_name(out.stem + "_loss.png"))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from ..device import resolve_device
+    from ..io.atomic import atomic_path
+    from ..io.mrc import write_mrc
+    from .model import SquareModel
+    from .pipeline import score_atlas
+
+    model = SquareModel.load(args.model)
+    device = resolve_device(args.device)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CryoInputError(out, "exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    for path in args.atlases:
+        atlas = _analyse(path, args)
+        table, maps = score_atlas(model, atlas, str(device))
+        csv = out / f"{atlas.name}_squares.csv"
+        cols = ["rank", "center_x", "center_y", "side", "angle", "complete", "brightness", "squareness", "cracking", "contamination", "overall"]
+        if atlas.pixel_size:
+            table["center_x_A"] = table["center_x"] * atlas.pixel_size
+            table["center_y_A"] = table["center_y"] * atlas.pixel_size
+            cols += ["center_x_A", "center_y_A"]
+        with atomic_path(csv, overwrite=args.overwrite) as tmp:
+            table.sort_values("rank", key=lambda r: r.replace(0, 10**9))[cols].to_csv(tmp, index=False, float_format="%.3f")
+        for key, m in maps.items():
+            write_mrc(out / f"{atlas.name}_attention_{key}.mrc", m, atlas.pixel_size or 1.0, overwrite=args.overwrite)
+        print(f"wrote {csv} ({int(table['complete'].sum())} squares ranked)" + (f" and {len(maps)} attention maps" if maps else ""))
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    return {"extract": cmd_extract, "train": cmd_train, "score": cmd_score}[args.squares_command](args)
