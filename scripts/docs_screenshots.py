@@ -63,5 +63,40 @@ def picking() -> None:
     viewer.close()
 
 
+def squares() -> None:
+    import napari
+
+    from napari_cryo.squares._widget import SquaresWidget
+
+    viewer = napari.Viewer(title="napari-cryo: grid square scoring")
+    viewer.window._qt_window.resize(1500, 1000)
+    viewer.open_sample("napari-cryo", "atlas")
+    truth = viewer.layers["atlas ground truth"]
+    widget = SquaresWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Grid square scoring", area="right")
+    widget._atlas.value = viewer.layers["atlas"]
+    widget.extract()
+    wait(widget)
+    # Label 25 squares from the sample's ground truth, as a user would by eye.
+    from scipy.spatial import cKDTree
+
+    atlas = widget.atlases["atlas"]
+    d, idx = cKDTree(truth.data).query(atlas.squares[["center_y", "center_x"]].to_numpy())
+    for i in np.flatnonzero(atlas.squares["complete"].to_numpy())[:25]:
+        row = truth.features.iloc[idx[i]]
+        widget.square_labels["atlas"][i, 2:] = [row["cracking"], row["contamination"], row["overall"]]
+    widget._epochs.value = 15
+    widget.train()
+    wait(widget)
+    wait(widget)
+    viewer.reset_view()
+    save(viewer.screenshot(canvas_only=False, flash=False), "squares_scored.png")
+    viewer.close()
+
+
 if __name__ == "__main__":
-    picking()
+    import sys
+
+    targets = sys.argv[1:] or ["picking", "squares"]
+    for name in targets:
+        globals()[name]()

@@ -27,7 +27,7 @@ class SquaresWidget(Container):
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self.atlases: dict[str, AtlasSquares] = {}
-        self.labels: dict[str, np.ndarray] = {}
+        self.square_labels: dict[str, np.ndarray] = {}
         self.model: SquareModel | None = None
         self.worker = None
         self._atlas = create_widget(label="atlas", annotation="napari.layers.Image")
@@ -112,7 +112,7 @@ class SquaresWidget(Container):
 
         def done(atlas: AtlasSquares):
             self.atlases[name] = atlas
-            self.labels[name] = np.full((len(atlas.squares), len(SCORES)), np.nan, np.float32)
+            self.square_labels[name] = np.full((len(atlas.squares), len(SCORES)), np.nan, np.float32)
             self._show(name)
             n = int(atlas.squares["complete"].sum())
             self._notify(f"{len(atlas.squares)} squares ({n} complete); pitch {atlas.lattice.pitch:.0f} px, angle {atlas.lattice.angle:.1f}°")
@@ -128,7 +128,7 @@ class SquaresWidget(Container):
     def _features(self, name: str) -> pd.DataFrame:
         atlas = self.atlases[name]
         sq = atlas.squares
-        labels = self.labels[name]
+        labels = self.square_labels[name]
         f = pd.DataFrame({"complete": sq["complete"].to_numpy(), "measured_brightness": sq["brightness"].to_numpy(), "measured_squareness": sq["squareness"].to_numpy()})
         for j, s in enumerate(SCORES):
             f[f"label_{s}"] = labels[:, j]
@@ -138,6 +138,7 @@ class SquaresWidget(Container):
         f["rank"] = scored["rank"].to_numpy() if scored is not None else 0
         # What the colour shows: the label where there is one, else the prediction.
         f["shown_overall"] = np.where(np.isfinite(f["label_overall"]), f["label_overall"], f["overall"])
+        f["shown_text"] = [("" if not np.isfinite(v) else f"{v:.1f}") for v in f["shown_overall"]]
         return f
 
     def _show(self, name: str) -> None:
@@ -145,7 +146,7 @@ class SquaresWidget(Container):
         image = self.viewer.layers[name]
         features = self._features(name)
         colours = _colours(features["shown_overall"].to_numpy(), features["complete"].to_numpy())
-        text = {"string": "{shown_overall:.1f}", "size": 9, "color": "white"}
+        text = {"string": "{shown_text}", "size": 9, "color": "white"}
         layer_name = self.shapes_name(name)
         if layer_name in self.viewer.layers:
             layer = self.viewer.layers[layer_name]
@@ -171,7 +172,7 @@ class SquaresWidget(Container):
         for key, value in scores.items():
             j = SCORES.index(key)
             for i in selected:
-                self.labels[name][i, j] = value
+                self.square_labels[name][i, j] = value
         self._show(name)
         return len(selected)
 
@@ -199,8 +200,8 @@ class SquaresWidget(Container):
         except CryoInputError as exc:
             self._notify(str(exc), error=True)
             return
-        merged = np.where(np.isfinite(matched), matched, self.labels[atlas.name])
-        self.labels[atlas.name] = merged
+        merged = np.where(np.isfinite(matched), matched, self.square_labels[atlas.name])
+        self.square_labels[atlas.name] = merged
         self._show(atlas.name)
         self._notify("; ".join(warnings) or f"imported labels for {int(np.isfinite(matched).any(axis=1).sum())} squares")
 
@@ -209,7 +210,7 @@ class SquaresWidget(Container):
 
         try:
             atlas = self._current()
-            write_labels(str(self._labels_file.value), atlas.squares, self.labels[atlas.name], overwrite=True)
+            write_labels(str(self._labels_file.value), atlas.squares, self.square_labels[atlas.name], overwrite=True)
         except CryoInputError as exc:
             self._notify(str(exc), error=True)
             return
@@ -220,7 +221,7 @@ class SquaresWidget(Container):
         crops, labels = [], []
         for name, atlas in self.atlases.items():
             keep = atlas.squares["complete"].to_numpy(bool)
-            merged = np.where(np.isfinite(self.labels[name]), self.labels[name], atlas.auto_labels())
+            merged = np.where(np.isfinite(self.square_labels[name]), self.square_labels[name], atlas.auto_labels())
             crops.append(atlas.crops[keep])
             labels.append(merged[keep])
         if not crops:
@@ -329,8 +330,10 @@ class SquaresWidget(Container):
     def _on_table_click(self, row: int, _col: int) -> None:
         name, index, _, r = self._rows[row]
         image = self.viewer.layers[name]
-        self.viewer.camera.center = (r["center_y"] * image.scale[-2] + image.translate[-2], r["center_x"] * image.scale[-1] + image.translate[-1])
-        self.viewer.camera.zoom = max(self.viewer.camera.zoom, 1.0 / (r["side"] * image.scale[-1] / 300))
+        scene = getattr(self.viewer, "scene", None)  # napari >= 0.9 moved the camera to viewer.scene
+        camera = scene.camera if scene is not None and hasattr(scene, "camera") else self.viewer.camera
+        camera.center = (r["center_y"] * image.scale[-2] + image.translate[-2], r["center_x"] * image.scale[-1] + image.translate[-1])
+        camera.zoom = max(camera.zoom, 1.0 / (r["side"] * image.scale[-1] / 300))
         layer = self.viewer.layers[self.shapes_name(name)]
         layer.selected_data = {index}
 
