@@ -37,3 +37,20 @@ def save_figure(figure, path: str | os.PathLike, overwrite: bool = True) -> Path
     with atomic_path(path, overwrite=overwrite) as tmp:
         figure.savefig(tmp, format="png")
     return Path(path)
+
+
+def qt_figure_canvas(height: int = 180, placeholder: str | None = None):
+    """A matplotlib Figure and its Qt canvas for a widget; (None, None) without a Qt backend."""
+    try:
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+    except ImportError:  # pragma: no cover
+        return None, None
+    figure = Figure(figsize=(4, 2.5), dpi=90)
+    if placeholder:
+        ax = figure.add_subplot(111)
+        ax.text(0.5, 0.5, placeholder, ha="center", va="center", color="0.5")
+        ax.set_axis_off()
+    canvas = FigureCanvasQTAgg(figure)
+    canvas.setMinimumHeight(height)
+    return figure, canvas

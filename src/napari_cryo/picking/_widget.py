@@ -76,7 +76,9 @@ class PickingWidget(Container):
                 self._export_dir, self._overwrite, self._export, self._status,
             ]
         )
-        self._figure, self._canvas = _loss_canvas()
+        from ..plots import qt_figure_canvas
+
+        self._figure, self._canvas = qt_figure_canvas(200, "the loss curve appears here\nduring retraining")
         if self._canvas is not None:
             self.native.layout().addWidget(self._canvas)
 
@@ -506,19 +508,3 @@ class PickingWidget(Container):
             return written
         self._notify(f"wrote {len(written)} STAR file(s) to {out}")
         return written
-
-
-def _loss_canvas():
-    """A matplotlib figure embedded in Qt (None if the Qt backend is unavailable)."""
-    try:
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-    except ImportError:  # pragma: no cover
-        return None, None
-    figure = Figure(figsize=(4, 2.6), dpi=90)
-    ax = figure.add_subplot(111)
-    ax.text(0.5, 0.5, "the loss curve appears here\nduring retraining", ha="center", va="center", color="0.5")
-    ax.set_axis_off()
-    canvas = FigureCanvasQTAgg(figure)
-    canvas.setMinimumHeight(200)
-    return figure, canvas

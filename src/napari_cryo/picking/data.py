@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import CryoInputError
 from ..io.mrc import read_mrc
+from ..io.names import file_stem
 from ..io.star import read_coordinates
 
 
@@ -44,15 +45,8 @@ class MatchedPicks:
 
 
 def stem_of(name: str | os.PathLike) -> str:
-    """File name without directory and MRC/compression extensions."""
-    base = Path(str(name)).name
-    for suffix in (".gz", ".bz2"):
-        if base.lower().endswith(suffix):
-            base = base[: -len(suffix)]
-    for suffix in (".mrcs", ".mrc", ".tif", ".tiff", ".map", ".star"):
-        if base.lower().endswith(suffix):
-            return base[: -len(suffix)]
-    return Path(base).stem
+    """File name without directory and extensions (see :func:`napari_cryo.io.names.file_stem`)."""
+    return file_stem(name)
 
 
 def load_micrograph(path: str | os.PathLike, pixel_size: float | None = None) -> Micrograph:

@@ -50,7 +50,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def _load(path: str, args: argparse.Namespace):
     from .atlas import load_atlas, load_montage
-    from .data_names import stem
+    from ..io.names import file_stem as stem
 
     if args.montage:
         image, px = load_montage(path, args.montage[0], args.montage[1], args.overlap)

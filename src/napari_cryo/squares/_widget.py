@@ -57,7 +57,9 @@ class SquaresWidget(Container):
              self._ranked_file, self._export_ranked, self._status]
         )
         self._table = _ranked_table(self._on_table_click)
-        self._figure, self._canvas = _figure_canvas()
+        from ..plots import qt_figure_canvas
+
+        self._figure, self._canvas = qt_figure_canvas(160)
         if self._table is not None:
             self.native.layout().addWidget(self._table)
         if self._canvas is not None:
@@ -420,15 +422,3 @@ def _ranked_table(on_click):
     table.setMinimumHeight(180)
     table.cellClicked.connect(on_click)
     return table
-
-
-def _figure_canvas():
-    try:
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-    except ImportError:  # pragma: no cover
-        return None, None
-    figure = Figure(figsize=(4, 2.4), dpi=90)
-    canvas = FigureCanvasQTAgg(figure)
-    canvas.setMinimumHeight(160)
-    return figure, canvas
