@@ -211,10 +211,9 @@ def find_squares(image: np.ndarray, min_pitch: float = 8.0, ncc_threshold: float
     for frac in np.linspace(0.5, 0.92, 8):
         side = lattice.pitch * frac
         ncc = match_template(norm, square_template(lattice.pitch, side, lattice.angle, dark, bright), pad_input=True, mode="reflect")
-        # A round neighbourhood: a square one reaches the diagonal neighbours of a lattice at 45°.
-        r = max(2, int(lattice.pitch * 0.6))
-        yy, xx = np.ogrid[-r : r + 1, -r : r + 1]
-        peaks = peak_local_max(ncc, footprint=(yy**2 + xx**2) <= r * r, threshold_abs=ncc_threshold, exclude_border=False)
+        # Neighbouring squares are at least 0.7 pitch apart in x or y (at 45°), so a square
+        # neighbourhood of half-width 0.45 pitch never suppresses a real square.
+        peaks = peak_local_max(ncc, min_distance=max(2, int(lattice.pitch * 0.45)), threshold_abs=ncc_threshold, exclude_border=False)
         score = float(np.mean(ncc[peaks[:, 0], peaks[:, 1]])) if len(peaks) else -1.0
         if best is None or score > best[0]:
             best = (score, side, ncc, peaks)

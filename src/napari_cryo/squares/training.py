@@ -53,6 +53,7 @@ class SquareTrainConfig:
     reconstruction_weight: float = 1.0
     semi_supervised: bool = True
     val_fraction: float = 0.0
+    min_steps: int = 30
     seed: int = 0
 
     def key(self) -> str:
@@ -155,18 +156,22 @@ def train_squares(
             yield {"resumed_from_epoch": start, "history": history}
 
     gen = torch.Generator().manual_seed(config.seed)
-    n_batches = max(1, math.ceil(len(train_idx) / config.batch_size))
+    # An epoch is at least `min_steps` batches, so that a few labelled squares still get enough updates.
+    n_batches = max(config.min_steps, math.ceil(len(train_idx) / config.batch_size))
     total = config.epochs * n_batches
     t0 = time.perf_counter()
     for epoch in range(start, config.epochs):
         net.train()
-        order = np.random.default_rng(config.seed + epoch).permutation(train_idx)
-        # Keep labelled squares in every batch even when they are few among many unlabelled ones.
+        epoch_rng = np.random.default_rng(config.seed + epoch)
+        order = epoch_rng.permutation(train_idx)
         lab = order[manual[order]]
         unl = order[~manual[order]]
+        # Half of every batch is labelled squares (drawn with replacement: they are few), half unlabelled.
+        n_lab = config.batch_size // 2 if len(unl) else config.batch_size
         losses = []
         for b in range(n_batches):
-            idx = np.concatenate([lab[b::n_batches], unl[b::n_batches]])
+            unl_part = unl[(b * (config.batch_size - n_lab)) % max(1, len(unl)) :][: config.batch_size - n_lab] if len(unl) else unl
+            idx = np.concatenate([epoch_rng.choice(lab, n_lab, replace=True), unl_part])
             if len(idx) == 0:
                 continue
             x = _augment(x_all[idx].to(device), gen)
