@@ -146,9 +146,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     model.save(out, overwrite=args.overwrite)
     plot = out.with_name(out.stem + "_loss.png")
     if model.history:
-        from .plots import save_loss_plot
+        from ..plots import loss_figure, save_figure
 
-        save_loss_plot(model.history[-1]["losses"], plot)
+        save_figure(loss_figure(model.history[-1]["losses"], title="picker training"), plot)
     checkpoint.unlink(missing_ok=True)
     print(f"wrote {out}" + (f" and {plot}" if plot.exists() else ""))
     return 0

@@ -26,13 +26,13 @@ import os
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..checkpoints import cosine_lr, restore_checkpoint, save_checkpoint
 from ..errors import CryoInputError
 from ..tasks import Progress
 from .labels import FALSE_POSITIVE, UNLABELLED, TrainingMicrograph
@@ -310,14 +310,10 @@ def train(
     ).hexdigest()[:12]
     run_key = f"{config.key()}-{data_key}"
     start_epoch, history = 0, []
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    if ckpt is not None and ckpt.exists():
-        state = _load_checkpoint(ckpt)
-        if state is not None and state.get("run_key") == run_key:
-            net.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            start_epoch, history = int(state["epoch"]), list(state["history"])
-            yield {"resumed_from_epoch": start_epoch, "history": history}
+    restored = restore_checkpoint(checkpoint, run_key, net, [opt])
+    if restored is not None:
+        start_epoch, history = restored
+        yield {"resumed_from_epoch": start_epoch, "history": history}
     border = _border_weight(config.patch).to(device)
     total_steps = config.epochs * config.steps_per_epoch
     t0 = time.perf_counter()
@@ -329,7 +325,7 @@ def train(
             global_step = epoch * config.steps_per_epoch + step
             if config.cosine:
                 for group in opt.param_groups:
-                    group["lr"] = config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * global_step / total_steps)))
+                    group["lr"] = cosine_lr(config.lr, global_step, total_steps)
             img, tgt, prior = sampler.batch()
             img, tgt, prior = img.to(device), tgt.to(device), prior.to(device)
             logits = net(img)
@@ -354,8 +350,8 @@ def train(
             "seconds": time.perf_counter() - t0,
         }
         history.append(record)
-        if ckpt is not None:
-            _save_checkpoint(ckpt, net, opt, epoch + 1, history, run_key)
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, net, [opt], epoch + 1, history, run_key)
         yield dict(record)
     net.eval()
     model.history = list(model.history) + [
@@ -368,17 +364,3 @@ def train(
         }
     ]
     return model
-
-
-def _save_checkpoint(path: Path, net, opt, epoch: int, history: list, run_key: str) -> None:
-    from ..io.atomic import atomic_path
-
-    with atomic_path(path, overwrite=True) as tmp:
-        torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "history": history, "run_key": run_key}, tmp)
-
-
-def _load_checkpoint(path: Path) -> dict[str, Any] | None:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - an unreadable checkpoint is ignored, training restarts
-        return None

@@ -29,13 +29,13 @@ import os
 import time
 from collections.abc import Generator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..checkpoints import cosine_lr, restore_checkpoint, save_checkpoint
 from ..errors import CryoInputError
 from ..tasks import Progress
 from .model import CONTAMINATION, CRACKING, SCORES, SquareModel
@@ -142,18 +142,10 @@ def train_squares(
     data_key = hashlib.sha1(crops[:, ::8, ::8].tobytes() + np.nan_to_num(labels, nan=-1).tobytes()).hexdigest()[:12]
     run_key = f"{config.key()}-{data_key}-{net.variant}"
     start, history = 0, []
-    ckpt = Path(checkpoint) if checkpoint else None
-    if ckpt is not None and ckpt.exists():
-        try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - unreadable checkpoint: start again
-            state = None
-        if state is not None and state.get("run_key") == run_key:
-            net.load_state_dict(state["model"])
-            for o, s in zip(opts, state["optimizers"]):
-                o.load_state_dict(s)
-            start, history = int(state["epoch"]), list(state["history"])
-            yield {"resumed_from_epoch": start, "history": history}
+    restored = restore_checkpoint(checkpoint, run_key, net, opts)
+    if restored is not None:
+        start, history = restored
+        yield {"resumed_from_epoch": start, "history": history}
 
     gen = torch.Generator().manual_seed(config.seed)
     # An epoch is at least `min_steps` batches, so that a few labelled squares still get enough updates.
@@ -176,7 +168,7 @@ def train_squares(
                 continue
             x = _augment(x_all[idx].to(device), gen)
             y = y_all[idx].to(device)
-            lr = config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (epoch * n_batches + b) / total)))
+            lr = cosine_lr(config.lr, epoch * n_batches + b, total)
             for o in opts:
                 for g in o.param_groups:
                     g["lr"] = lr
@@ -217,11 +209,8 @@ def train_squares(
         val = evaluate_mae(model, crops[val_idx], labels[val_idx], device)["overall"] if len(val_idx) else float("nan")
         entry = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val, "seconds": time.perf_counter() - t0}
         history.append(entry)
-        if ckpt is not None:
-            from ..io.atomic import atomic_path
-
-            with atomic_path(ckpt, overwrite=True) as tmp:
-                torch.save({"model": net.state_dict(), "optimizers": [o.state_dict() for o in opts], "epoch": epoch + 1, "history": history, "run_key": run_key}, tmp)
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, net, opts, epoch + 1, history, run_key)
         yield dict(entry)
     net.eval()
     model.history = list(model.history) + [{"losses": history, "config": asdict(config), "squares": int(len(crops)), "labelled": int(manual.sum())}]
