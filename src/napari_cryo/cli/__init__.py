@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "demo": "napari_cryo.cli.demo",
     "pick": "napari_cryo.picking._cli",
     "squares": "napari_cryo.squares._cli",
+    "segment": "napari_cryo.segmentation._cli",
 }
 
 EXIT_BAD_INPUT = 2

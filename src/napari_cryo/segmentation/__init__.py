@@ -1,0 +1,1 @@
+"""Tomogram segmentation: per-feature models, interactions, picking and meshes (after Ais)."""

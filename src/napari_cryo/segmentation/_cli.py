@@ -1,0 +1,244 @@
+"""Tomogram segmentation: ``napari-cryo segment train | group | apply | pick | mesh``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import CryoInputError
+
+HELP = "tomogram segmentation: train per-feature models, group them with interactions, apply, pick, mesh"
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    from ..cli import add_device_arg
+    from . import architectures
+
+    sub = parser.add_subparsers(dest="segment_command", metavar="STEP")
+    sub.required = True
+
+    t = sub.add_parser(
+        "train",
+        help="train one model per feature from painted slices",
+        description="Train one model per feature from painted tomogram slices. With several --feature, writes one model per feature (OUT_<feature>.scnm) unless --out is a directory.",
+    )
+    t.add_argument("tomograms", nargs="+", help="tomogram MRC files")
+    t.add_argument("--labels", nargs="+", required=True, metavar="MRC", help="painted label volumes, one per tomogram, in the same order")
+    t.add_argument("--feature", action="append", required=True, metavar="NAME=VALUE", help="a feature and its label value, e.g. membrane=1 (repeat for several)")
+    t.add_argument("--architecture", default=architectures.DEFAULT, help=f"network architecture by name (default {architectures.DEFAULT}; see --list-architectures)")
+    t.add_argument("--out", required=True, metavar="MODEL.scnm", help="model file (one feature) or directory / name prefix (several)")
+    t.add_argument("--box", type=int, default=64, help="training box size in pixels (multiple of 16; default 64)")
+    t.add_argument("--epochs", type=int, default=25)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--copies", type=int, default=4, help="augmented copies of each box (default 4)")
+    t.add_argument("--negative-ratio", type=float, default=1.3, help="negative boxes per positive box (default 1.3)")
+    t.add_argument("--boxes-per-slice", type=int, default=24, help="positive boxes per annotated slice (default 24)")
+    t.add_argument("--validation", type=float, default=0.0, metavar="FRACTION", help="fraction of boxes held out for validation")
+    t.add_argument("--model-pixel-size", type=float, metavar="A", help="pixel size the model works at (default: the first tomogram's)")
+    t.add_argument("--pixel-size", type=float, metavar="A", help="pixel size of tomograms whose header has none")
+    t.add_argument("--threshold", type=float, default=0.5, help="default threshold stored in the model")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true", help="resume from OUT.ckpt after an interruption")
+    t.add_argument("--overwrite", action="store_true")
+    add_device_arg(t)
+
+    a = sub.add_parser("architectures", help="list the available architectures")
+    a.set_defaults(segment_command="architectures")
+
+    g = sub.add_parser("group", help="combine models into a group with interactions")
+    g.add_argument("models", nargs="+", help=".scnm files (or .scnmgroup files, whose interactions are kept)")
+    g.add_argument("--interaction", action="append", default=[], metavar="'CHILD avoids|colocalizes PARENT radius=NM threshold=T'", help="an interaction (repeat for several)")
+    g.add_argument("--emit", action="append", default=[], metavar="MODEL", help="a model that competes by emitting (repeat)")
+    g.add_argument("--absorb", action="append", default=[], metavar="MODEL", help="a model zeroed where any emitting model scores higher (repeat)")
+    g.add_argument("--out", required=True, metavar="GROUP.scnmgroup")
+    g.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("apply", help="segment tomograms with a model or a group", description="Segment tomograms; writes DIR/<tomogram>__<feature>.mrc per tomogram and feature, after interactions.")
+    p.add_argument("model", help=".scnm or .scnmgroup file")
+    p.add_argument("tomograms", nargs="+", help="tomogram MRC files")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (created if needed)")
+    p.add_argument("--pixel-size", type=float, metavar="A", help="pixel size of tomograms whose header has none")
+    p.add_argument("--overwrite", action="store_true")
+    add_device_arg(p)
+
+    k = sub.add_parser("pick", help="pick particles from a segmentation")
+    k.add_argument("segmentation", help="segmentation MRC (probabilities)")
+    k.add_argument("--threshold", type=float, default=0.5)
+    k.add_argument("--min-volume", type=float, default=0.0, metavar="A3", help="smallest particle volume in Å³")
+    k.add_argument("--min-spacing", type=float, default=0.0, metavar="A", help="minimum distance between particles in Å (the heavier is kept)")
+    k.add_argument("--no-separate", action="store_true", help="do not split touching particles (plain connected components)")
+    k.add_argument("--out", required=True, metavar="COORDS.star", help="STAR (.star, rlnCoordinateX/Y/Z in pixels) or tab-separated text (.tsv/.txt)")
+    k.add_argument("--pixel-size", type=float, metavar="A")
+    k.add_argument("--overwrite", action="store_true")
+
+    m = sub.add_parser("mesh", help="surface mesh (.obj, in Å) of a segmentation")
+    m.add_argument("segmentation", help="segmentation MRC (probabilities)")
+    m.add_argument("--level", type=float, default=0.5, help="iso-surface level (default 0.5)")
+    m.add_argument("--min-volume", type=float, default=0.0, metavar="A3", help="drop blobs smaller than this (Å³)")
+    m.add_argument("--step", type=int, default=1, help="marching-cubes step (2+ gives coarser, smaller meshes)")
+    m.add_argument("--out", required=True, metavar="MESH.obj")
+    m.add_argument("--pixel-size", type=float, metavar="A")
+    m.add_argument("--overwrite", action="store_true")
+
+
+def _model_outputs(out: str, features: list, overwrite: bool) -> list[Path]:
+    from ..io.atomic import check_writable
+
+    target = Path(out)
+    if len(features) == 1 and not target.is_dir():
+        paths = [target if target.suffix == ".scnm" else target.with_suffix(".scnm")]
+    elif target.is_dir():
+        paths = [target / f"{f.name}.scnm" for f in features]
+    else:
+        stem = target.with_suffix("") if target.suffix == ".scnm" else target
+        paths = [stem.parent / f"{stem.name}_{f.name}.scnm" for f in features]
+    for p in paths:
+        check_writable(p, overwrite=overwrite)
+    return paths
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..device import describe_device, resolve_device
+    from ..plots import loss_figure, save_figure
+    from ..tasks import run_with_tqdm
+    from . import architectures
+    from .dataset import AnnotatedTomogram, BoxSettings
+    from .features import check_unique, parse_feature
+    from .files import load_labels, load_volume
+    from .training import TrainSettings, train_feature
+
+    features = check_unique(parse_feature(f, i) for i, f in enumerate(args.feature))
+    arch = architectures.get(args.architecture)
+    if len(args.labels) != len(args.tomograms):
+        raise CryoInputError(None, f"{len(args.tomograms)} tomograms but {len(args.labels)} label volumes; give one --labels file per tomogram")
+    outputs = _model_outputs(args.out, features, args.overwrite)
+    device = resolve_device(args.device)
+    tomograms = []
+    for tomo_path, label_path in zip(args.tomograms, args.labels):
+        vol = load_volume(tomo_path, args.pixel_size)
+        labels = load_labels(label_path, vol.data.shape, tomo_path)
+        tomograms.append(AnnotatedTomogram(vol.data, labels, vol.pixel_size, str(tomo_path)))
+    settings = TrainSettings(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        val_fraction=args.validation,
+        boxes=BoxSettings(box=args.box, positives_per_slice=args.boxes_per_slice, negative_ratio=args.negative_ratio, copies=args.copies, seed=args.seed),
+        seed=args.seed,
+    )
+    print(f"training {len(features)} model(s) ({arch.name}) on {describe_device(device)}", file=sys.stderr)
+    for feature, out in zip(features, outputs):
+        checkpoint = out.with_suffix(".ckpt")
+        if not args.resume and checkpoint.exists():
+            checkpoint.unlink()
+        gen = train_feature(tomograms, feature, arch.name, settings, args.model_pixel_size, checkpoint, device)
+        model = run_with_tqdm(gen, f"{feature.name}")
+        model.threshold = args.threshold
+        model.save(out, overwrite=args.overwrite)
+        figure = loss_figure(model.history, title=f"{feature.name} ({arch.name})")
+        save_figure(figure, out.with_suffix(".loss.png"))
+        checkpoint.unlink(missing_ok=True)
+        print(f"{out}: {feature.name}, final loss {model.final_loss:.4f}, {model.n_parameters} parameters")
+    return 0
+
+
+def cmd_architectures(args: argparse.Namespace) -> int:
+    from . import architectures
+
+    for name, arch in architectures.available().items():
+        flag = " (default)" if name == architectures.DEFAULT else ""
+        print(f"{name}{flag}: {arch.title}. {arch.description}")
+    return 0
+
+
+def cmd_group(args: argparse.Namespace) -> int:
+    from ..io.atomic import check_writable
+    from .group import ModelGroup, load_models
+    from .interactions import InteractionGraph, parse_interaction
+
+    check_writable(args.out, overwrite=args.overwrite)
+    group = load_models(args.models)
+    graph = InteractionGraph(
+        group.graph.interactions + [parse_interaction(text) for text in args.interaction],
+        set(group.graph.emit) | set(args.emit),
+        set(group.graph.absorb) | set(args.absorb),
+    )
+    group = ModelGroup(group.models, graph)
+    group.save(args.out, overwrite=args.overwrite)
+    print(f"{args.out}: {len(group.models)} models ({', '.join(group.titles)}), {len(graph.interactions)} interactions")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from ..device import resolve_device
+    from ..io.atomic import check_writable
+    from ..tasks import run_with_tqdm
+    from .files import load_volume, segmentation_path, write_segmentation
+    from .group import load_models
+
+    group = load_models([args.model])
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CryoInputError(out_dir, "is a file; --out must be a directory")
+    # Check every input and output before the long work, so a bad file fails fast.
+    volumes = [load_volume(p, args.pixel_size) for p in args.tomograms]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for vol in volumes:
+        for title in group.titles:
+            check_writable(segmentation_path(out_dir, vol.path, title), overwrite=args.overwrite)
+    device = resolve_device(args.device)
+    for vol in volumes:
+        result = run_with_tqdm(group.apply(vol.data, vol.pixel_size, device), vol.path.name)
+        for title, probs in result.items():
+            path = segmentation_path(out_dir, vol.path, title)
+            write_segmentation(path, probs, vol.pixel_size, vol.origin, title, overwrite=args.overwrite)
+            print(path)
+    return 0
+
+
+def cmd_pick(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from ..io.atomic import check_writable
+    from ..io.names import file_stem
+    from ..io.star import write_coordinates
+    from .files import load_volume
+    from .particles import PickSettings, pick_particles, write_coordinates_tsv
+
+    out = check_writable(args.out, overwrite=args.overwrite)
+    vol = load_volume(args.segmentation, args.pixel_size, what="segmentation")
+    settings = PickSettings(threshold=args.threshold, min_volume=args.min_volume, min_spacing=args.min_spacing, separate=not args.no_separate)
+    picked = pick_particles(vol.data, vol.pixel_size, settings)
+    if out.suffix.lower() in (".tsv", ".txt"):
+        write_coordinates_tsv(out, picked, vol.pixel_size, overwrite=args.overwrite)
+    else:
+        features = pd.DataFrame({"rlnAutopickFigureOfMerit": picked.weight, "napariCryoVolumeA3": picked.volume})
+        tomo = file_stem(vol.path).split("__")[0]
+        write_coordinates(out, picked.coordinates, features, vol.pixel_size, micrograph_name=tomo, overwrite=args.overwrite)
+    print(f"{out}: {len(picked.coordinates)} particles")
+    return 0
+
+
+def cmd_mesh(args: argparse.Namespace) -> int:
+    from ..io.atomic import check_writable
+    from .files import load_volume
+    from .meshes import mesh_from_volume, write_obj
+
+    check_writable(args.out, overwrite=args.overwrite)
+    vol = load_volume(args.segmentation, args.pixel_size, what="segmentation")
+    mesh = mesh_from_volume(vol.data, args.level, vol.pixel_size, min_volume=args.min_volume, step=args.step, origin=vol.origin)
+    if len(mesh.faces) == 0:
+        raise CryoInputError(args.segmentation, f"nothing is above level {args.level} (after dropping blobs under {args.min_volume} Å³); no mesh written")
+    write_obj(args.out, mesh, overwrite=args.overwrite)
+    print(f"{args.out}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "architectures": cmd_architectures, "group": cmd_group, "apply": cmd_apply, "pick": cmd_pick, "mesh": cmd_mesh}
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run one ``segment`` step."""
+    return COMMANDS[args.segment_command](args)

@@ -1,0 +1,147 @@
+"""A model group (``.scnmgroup``): several feature models and their interactions.
+
+The file is one zip archive: ``group.json`` (format, the models' titles in
+order, the interaction graph with emit/absorb sets) and each model as an
+embedded ``.scnm`` archive under ``models/``.  A group is what the command
+line applies to many tomograms: every model, then the interactions.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CryoInputError
+from ..io.atomic import atomic_path
+from ..tasks import Progress
+from .inference import predict_volume
+from .interactions import InteractionGraph, apply_interactions
+from .model import SegmentationModel
+
+FORMAT = "napari-cryo segmentation model group"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelGroup:
+    """Models (one per feature, distinct titles) and the interactions between them."""
+
+    models: list[SegmentationModel]
+    graph: InteractionGraph = field(default_factory=lambda: InteractionGraph([], set(), set()))
+
+    def __post_init__(self) -> None:
+        titles = [m.title for m in self.models]
+        repeated = sorted({t for t in titles if titles.count(t) > 1})
+        if repeated:
+            raise CryoInputError(None, f"two models are both called {repeated[0]!r}; model titles in a group must differ")
+        # The models' own flags and the graph's sets say the same thing; the graph wins once set.
+        if not self.graph.emit and not self.graph.absorb:
+            self.graph.emit = {m.title for m in self.models if m.emit}
+            self.graph.absorb = {m.title for m in self.models if m.absorb}
+        self.graph.validate(titles)
+        self.sync_flags()
+
+    @property
+    def titles(self) -> list[str]:
+        """Feature names, in order."""
+        return [m.title for m in self.models]
+
+    def sync_flags(self) -> None:
+        """Copy the graph's emit/absorb sets onto the models (they are saved with each model)."""
+        for m in self.models:
+            m.emit = m.title in self.graph.emit
+            m.absorb = m.title in self.graph.absorb
+
+    def model(self, title: str) -> SegmentationModel:
+        """The model of a feature, by name."""
+        for m in self.models:
+            if m.title == title:
+                return m
+        raise CryoInputError(None, f"the group has no model '{title}' (it has {', '.join(self.titles) or 'none'})")
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the group to a ``.scnmgroup`` file, atomically."""
+        self.graph.validate(self.titles)
+        self.sync_flags()
+        meta = {"format": FORMAT, "version": FORMAT_VERSION, "models": self.titles, "graph": self.graph.to_dict()}
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+            archive.writestr("group.json", json.dumps(meta, indent=1))
+            for i, m in enumerate(self.models):
+                archive.writestr(f"models/{i:02d}_{m.title}.scnm", m.to_bytes())
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            tmp.write_bytes(buffer.getvalue())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ModelGroup":
+        """Read a ``.scnmgroup`` file, checking its contents.
+
+        Raises
+        ------
+        CryoInputError
+            If the file is missing, is a single model or something else, or
+            its interactions name a model it lacks or form a cycle.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise CryoInputError(path, "model group file not found")
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+                if "group.json" not in names:
+                    if "metadata.json" in names:
+                        raise CryoInputError(path, "is a single model (.scnm), not a model group (.scnmgroup)")
+                    raise CryoInputError(path, "is not a model group: the archive lacks group.json")
+                meta = json.loads(archive.read("group.json").decode("utf-8"))
+                entries = sorted(n for n in names if n.startswith("models/") and n.endswith(".scnm"))
+                models = [SegmentationModel.from_bytes(archive.read(n), f"{path}:{n}") for n in entries]
+        except zipfile.BadZipFile:
+            raise CryoInputError(path, "is not a model group (.scnmgroup): not a zip archive") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CryoInputError(path, f"has an unreadable group.json ({exc})") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise CryoInputError(path, "is not a napari-cryo model group (wrong format in group.json)")
+        if int(meta.get("version", 0)) > FORMAT_VERSION:
+            raise CryoInputError(path, f"was written by a newer napari-cryo (format version {meta['version']})")
+        try:
+            graph = InteractionGraph.from_dict(meta.get("graph", {}))
+            return cls(models, graph)
+        except CryoInputError as exc:
+            raise CryoInputError(path, exc.problem) from None
+
+    def apply(
+        self,
+        volume: np.ndarray,
+        pixel_size: float,
+        device: torch.device | str = "cpu",
+    ) -> Generator[Progress, None, dict[str, np.ndarray]]:
+        """Segment a tomogram with every model, then apply the interactions.
+
+        Yields progress; returns feature name -> (Z, Y, X) float32 probabilities.
+        """
+        raw = yield from predict_volume(self.models, volume, pixel_size, device)
+        yield Progress(0, None, "applying interactions")
+        return apply_interactions(raw, self.graph, pixel_size)
+
+
+def load_models(paths: Sequence[str | os.PathLike]) -> ModelGroup:
+    """A group from ``.scnm`` and ``.scnmgroup`` files (groups keep their interactions)."""
+    models: list[SegmentationModel] = []
+    graph = InteractionGraph([], set(), set())
+    for p in paths:
+        if str(p).endswith(".scnmgroup"):
+            g = ModelGroup.load(p)
+            models += g.models
+            graph = InteractionGraph(graph.interactions + g.graph.interactions, graph.emit | g.graph.emit, graph.absorb | g.graph.absorb)
+        else:
+            models.append(SegmentationModel.load(p))
+    return ModelGroup(models, graph)

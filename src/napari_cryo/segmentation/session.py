@@ -1,0 +1,92 @@
+"""The state behind the segmentation widget, without Qt: models, interactions, previews.
+
+The widget keeps one :class:`SegmentationSession`; it edits models and
+interactions here and draws what this returns, so every rule (no cycles,
+no edge to a missing model, one model per feature) lives in one tested
+place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import CryoInputError
+from .group import ModelGroup
+from .inference import predict_planes
+from .interactions import Interaction, InteractionGraph, apply_interactions
+from .model import SegmentationModel
+
+
+@dataclass
+class SegmentationSession:
+    """Models by feature name and the interaction graph between them."""
+
+    models: dict[str, SegmentationModel] = field(default_factory=dict)
+    graph: InteractionGraph = field(default_factory=lambda: InteractionGraph([], set(), set()))
+
+    def add_model(self, model: SegmentationModel) -> None:
+        """Add or replace the model of a feature (its interactions stay)."""
+        self.models[model.title] = model
+        if model.emit:
+            self.graph.emit.add(model.title)
+        if model.absorb:
+            self.graph.absorb.add(model.title)
+
+    def remove_model(self, title: str) -> None:
+        """Drop a model and every interaction and flag that names it."""
+        self.models.pop(title, None)
+        self.graph = InteractionGraph(
+            [i for i in self.graph.interactions if title not in (i.child, i.parent)],
+            self.graph.emit - {title},
+            self.graph.absorb - {title},
+        )
+
+    def set_interactions(self, interactions: Sequence[Interaction]) -> None:
+        """Replace the edges, refusing missing models and cycles (the old edges stay then)."""
+        graph = InteractionGraph(list(interactions), set(self.graph.emit), set(self.graph.absorb))
+        graph.validate(self.models)
+        self.graph = graph
+
+    def add_interaction(self, interaction: Interaction) -> None:
+        """Add one edge (replacing an edge with the same child, parent and kind)."""
+        kept = [i for i in self.graph.interactions if (i.child, i.parent, i.kind) != (interaction.child, interaction.parent, interaction.kind)]
+        self.set_interactions(kept + [interaction])
+
+    def set_competition(self, title: str, emit: bool, absorb: bool) -> None:
+        """Set a model's emit and absorb flags."""
+        if title not in self.models:
+            raise CryoInputError(None, f"there is no model '{title}'")
+        (self.graph.emit.add if emit else self.graph.emit.discard)(title)
+        (self.graph.absorb.add if absorb else self.graph.absorb.discard)(title)
+        self.models[title].emit, self.models[title].absorb = emit, absorb
+
+    def group(self) -> ModelGroup:
+        """The models and interactions as a group (to save)."""
+        return ModelGroup(list(self.models.values()), InteractionGraph(list(self.graph.interactions), set(self.graph.emit), set(self.graph.absorb)))
+
+    def load_group(self, group: ModelGroup) -> None:
+        """Replace everything with a loaded group."""
+        self.models = {m.title: m for m in group.models}
+        self.graph = InteractionGraph(list(group.graph.interactions), set(group.graph.emit), set(group.graph.absorb))
+
+    def preview(
+        self,
+        plane: np.ndarray,
+        pixel_size: float,
+        stats: tuple[float, float],
+        device: torch.device | str = "cpu",
+        interactions: bool = True,
+    ) -> dict[str, np.ndarray]:
+        """Every model's output on one slice, after competition and interactions.
+
+        The interactions' dilations are then computed within the slice (a
+        2D approximation of the 3D result of applying them to the volume).
+        """
+        raw = {t: predict_planes(m, np.asarray(plane)[None], pixel_size, stats, device) for t, m in self.models.items()}
+        if interactions and (self.graph.interactions or self.graph.emit or self.graph.absorb):
+            raw = apply_interactions(raw, self.graph, pixel_size)
+        return {t: p[0] for t, p in raw.items()}

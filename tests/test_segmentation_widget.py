@@ -1,0 +1,119 @@
+"""The segmentation widget in a real viewer: paint, train, preview, interactions, segment, pick, mesh."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+
+def _wait(qtbot, worker, timeout=300000):
+    assert worker is not None
+    with qtbot.waitSignal(worker.finished, timeout=timeout):
+        pass
+
+
+@pytest.fixture
+def tomogram_viewer(make_napari_viewer):
+    from napari_cryo.synthetic.tomogram import simulate_tomogram
+
+    t = simulate_tomogram(shape=(24, 96, 96), pixel_size=12.0, n_vesicles=2, n_bound=3, n_free=3, n_filaments=0, snr=3.0, seed=5)
+    viewer = make_napari_viewer()
+    viewer.add_image(t.volume, name="tomo", scale=(12.0, 12.0, 12.0))
+    return viewer, t
+
+
+def test_paint_train_interact_segment_pick_mesh(tomogram_viewer, qtbot, tmp_path):
+    from napari_cryo.segmentation._widget import SegmentationWidget
+    from napari_cryo.segmentation.features import METADATA_KEY
+
+    viewer, t = tomogram_viewer
+    widget = SegmentationWidget(viewer)
+    widget._tomogram.value = viewer.layers["tomo"]
+    labels = widget.new_annotation_layer()
+    assert labels.data.shape == t.volume.shape and tuple(labels.scale) == (12.0, 12.0, 12.0)
+    assert [f["name"] for f in labels.metadata[METADATA_KEY]] == ["membrane", "carbon", "particle"]
+    feature = widget.add_feature("filament")
+    assert feature.value == 4 and widget._feature.choices[-1] == "filament"
+    widget._feature.value = "carbon"
+    assert labels.selected_label == 2  # painting uses the chosen feature's value
+    # Paint two slices of membrane and carbon from the ground truth.
+    for z in (6, 16):
+        labels.data[z] = np.where(np.isin(t.labels[z], (1, 2)), t.labels[z], 0)
+    labels.refresh()
+
+    widget._box.value = 32
+    widget._epochs.value = 2
+    viewer.dims.set_current_step(0, 10)
+    _wait(qtbot, widget.train(["membrane", "carbon"]))
+    assert set(widget.session.models) == {"membrane", "carbon"}
+    assert [h["epoch"] for h in widget.history["carbon"]] == [1, 2]
+    assert "preview membrane" in viewer.layers  # shown during training
+    assert viewer.layers["preview membrane"].data.shape == (96, 96)
+
+    # Interaction editor: add an edge, see it in the table and the diagram; edit its radius.
+    widget._child.value, widget._kind.value, widget._parent.value = "membrane", "avoid", "carbon"
+    widget._radius.value = 5.0
+    widget.add_interaction_from_controls()
+    assert widget._table.rowCount() == 1 and widget._table.item(0, 1).text() == "avoid"
+    widget._table.item(0, 4).setText("8")
+    assert widget.session.graph.interactions[0].radius_nm == 8.0
+    # A cycle is refused with a notification, and the graph stays as it was.
+    widget._child.value, widget._parent.value = "carbon", "membrane"
+    widget.add_interaction_from_controls()
+    assert len(widget.session.graph.interactions) == 1 and "cycle" in widget._status.value
+    widget._model.value = "carbon"
+    widget._emit.value = True
+    assert widget.session.graph.emit == {"carbon"}
+
+    # Live preview follows the slice.
+    widget._live.value = True
+    viewer.dims.set_current_step(0, 12)
+    qtbot.waitUntil(lambda: widget._preview_worker is None and viewer.layers["preview membrane"].metadata.get("z") == 12, timeout=60000)
+
+    _wait(qtbot, widget.segment())
+    seg = viewer.layers["tomo membrane"]
+    assert seg.data.shape == t.volume.shape and tuple(seg.scale) == (12.0, 12.0, 12.0)
+    written = widget.save_segmentations(tmp_path)
+    assert sorted(p.name for p in written) == ["tomo__carbon.mrc", "tomo__membrane.mrc"]
+
+    widget._pick_feature.value = "membrane"
+    widget._pick_threshold.value = 0.3
+    points = widget.pick()
+    assert points is not None and points.ndim == 3 and {"volume", "weight"} <= set(points.features)
+    assert tuple(points.scale) == (12.0, 12.0, 12.0)
+    assert widget.export_picks(tmp_path / "picks.star").exists()
+    assert widget.export_picks(tmp_path / "picks.tsv").read_text().startswith("x\ty\tz")
+
+    surface = widget.make_mesh()
+    assert surface is not None and len(surface.data[1]) > 0
+    assert widget.save_mesh(tmp_path / "membrane.obj").exists()
+
+    widget.save_group(tmp_path / "both.scnmgroup")
+    widget.session.models.clear()
+    widget.load_models(tmp_path / "both.scnmgroup")
+    assert set(widget.session.models) == {"membrane", "carbon"} and widget.session.graph.emit == {"carbon"}
+    assert len(widget.session.graph.interactions) == 1
+    qtbot.waitUntil(lambda: widget._preview_worker is None, timeout=60000)  # loading refreshes the live preview
+
+
+def test_bad_input_is_a_notification(tomogram_viewer, tmp_path, monkeypatch):
+    import napari.utils.notifications as notifications
+
+    from napari_cryo.segmentation._widget import SegmentationWidget
+
+    errors = []
+    monkeypatch.setattr(notifications, "show_error", lambda message: errors.append(message))
+    viewer, _ = tomogram_viewer
+    widget = SegmentationWidget(viewer)
+    widget._tomogram.value = viewer.layers["tomo"]
+    widget.new_annotation_layer()
+    assert widget.train(["membrane"]) is None  # nothing painted
+    assert "no annotation" in errors[-1]
+    assert widget.segment() is None and "no models" in errors[-1]
+    (tmp_path / "x.scnm").write_text("junk")
+    widget.load_models(tmp_path / "x.scnm")
+    assert "x.scnm" in errors[-1]
+    widget.add_feature("membrane")
+    assert "name" in errors[-1]
