@@ -94,9 +94,88 @@ def squares() -> None:
     viewer.close()
 
 
+def segmentation() -> None:
+    import napari
+
+    from napari_cryo.segmentation._widget import SegmentationWidget
+
+    viewer = napari.Viewer(title="napari-cryo: tomogram segmentation")
+    viewer.window._qt_window.resize(1600, 1000)
+    viewer.open_sample("napari-cryo", "tomogram")
+    truth = viewer.layers["tomogram features (truth)"].data
+    widget = SegmentationWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Tomogram segmentation", area="right")
+    widget._tomogram.value = viewer.layers["tomogram"]
+    labels = widget.new_annotation_layer()
+    # 'Paint' six slices from the ground truth, as a user would by hand.
+    for z in np.linspace(10, truth.shape[0] - 11, 6).round().astype(int):
+        labels.data[z] = np.where(np.isin(truth[z], (1, 2, 3)), truth[z], 0)
+    labels.refresh()
+    viewer.dims.set_current_step(0, int(np.linspace(10, truth.shape[0] - 11, 6).round()[2]))
+    viewer.reset_view()
+    save(viewer.screenshot(canvas_only=False, flash=False), "segmentation_painting.png")
+
+    widget._epochs.value = 12
+    widget.train(["membrane", "carbon", "particle"])
+    wait(widget)
+    widget._child.value, widget._kind.value, widget._parent.value = "membrane", "avoid", "carbon"
+    widget._radius.value = 10.0
+    widget.add_interaction_from_controls()
+    widget._child.value, widget._kind.value, widget._parent.value = "particle", "colocalize", "membrane"
+    widget._radius.value = 25.0
+    widget.add_interaction_from_controls()
+    labels.visible = False
+    widget._live.value = True
+    viewer.dims.set_current_step(0, 48)
+    wait(widget)
+    from qtpy.QtWidgets import QApplication
+
+    while widget._preview_worker is not None:
+        QApplication.processEvents()
+        time.sleep(0.05)
+    wait(widget)
+    # Scroll the dock to the interaction editor.
+    scroll = widget.native.parent()
+    while scroll is not None and not hasattr(scroll, "ensureWidgetVisible"):
+        scroll = scroll.parent()
+    if scroll is not None:
+        scroll.ensureWidgetVisible(widget._graph_canvas)
+    wait(widget)
+    save(viewer.screenshot(canvas_only=False, flash=False), "segmentation_interactions.png")
+
+    widget._live.value = False
+    for layer in [l for l in viewer.layers if l.name.startswith("preview ")]:
+        viewer.layers.remove(layer)
+    widget.segment()
+    wait(widget)
+    widget._pick_feature.value = "particle"
+    widget._min_volume.value = 1000.0
+    widget._min_spacing.value = 160.0
+    widget.pick()
+    for name in ("tomogram carbon", "tomogram particle"):
+        viewer.layers[name].visible = False
+    viewer.layers["tomogram membrane"].visible = False
+    viewer.layers["tomogram particles (truth)"].visible = False
+    viewer.dims.ndisplay = 3
+    viewer.layers["tomogram"].rendering = "minip"
+    viewer.layers["tomogram"].opacity = 0.6
+    viewer.camera.angles = (0, 35, 60)
+    viewer.reset_view()
+    wait(widget)
+    save(viewer.screenshot(canvas_only=False, flash=False), "segmentation_picks_3d.png")
+
+    widget._pick_feature.value = "membrane"
+    widget._min_volume.value = 50000.0
+    widget.make_mesh()
+    viewer.layers["tomogram"].visible = False
+    wait(widget)
+    save(viewer.screenshot(canvas_only=False, flash=False), "segmentation_mesh.png")
+    viewer.close()
+
+
 if __name__ == "__main__":
     import sys
 
-    targets = sys.argv[1:] or ["picking", "squares"]
+    targets = sys.argv[1:] or ["picking", "squares", "segmentation"]
     for name in targets:
         globals()[name]()

@@ -77,6 +77,8 @@ class SegmentationModel:
     def new(cls, architecture: str, title: str, box_size: int = 64, pixel_size: float = 10.0, seed: int = 0, **kwargs: Any) -> "SegmentationModel":
         """A freshly initialised model of the named architecture."""
         arch = architectures.get(architecture)
+        if arch.dims != 2:
+            raise CryoInputError(None, f"architecture '{arch.name}' is 3D; napari-cryo trains and applies slice-wise (2D) architectures only")
         torch.manual_seed(seed)
         return cls(net=arch.build(box_size), architecture=arch.name, title=title, box_size=box_size, pixel_size=pixel_size, **kwargs)
 
@@ -150,6 +152,8 @@ class SegmentationModel:
             raise CryoInputError(source, f"was written by a newer napari-cryo (format version {meta['version']})")
         try:
             arch = architectures.get(str(meta["architecture"]))
+            if arch.dims != 2:
+                raise CryoInputError(source, f"uses the 3D architecture '{arch.name}'; only slice-wise (2D) architectures are supported")
             box = int(meta["box_size"])
             net = arch.build(box)
         except KeyError as exc:
