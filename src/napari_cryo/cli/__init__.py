@@ -24,6 +24,10 @@ COMMANDS: dict[str, str] = {
     "pick": "napari_cryo.picking._cli",
     "squares": "napari_cryo.squares._cli",
     "segment": "napari_cryo.segmentation._cli",
+    "reconstruct": "napari_cryo.reconstruction._cli",
+    "simulate": "napari_cryo.reconstruction._simulate_cli",
+    "fsc": "napari_cryo.reconstruction._fsc_cli",
+    "compare-poses": "napari_cryo.reconstruction._poses_cli",
 }
 
 EXIT_BAD_INPUT = 2

@@ -31,7 +31,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--box", type=int, default=64, help="training box size in pixels (multiple of 16; default 64)")
     t.add_argument("--epochs", type=int, default=25)
     t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--lr", type=float, default=5e-3)
     t.add_argument("--copies", type=int, default=4, help="augmented copies of each box (default 4)")
     t.add_argument("--negative-ratio", type=float, default=1.3, help="negative boxes per positive box (default 1.3)")
     t.add_argument("--boxes-per-slice", type=int, default=24, help="positive boxes per annotated slice (default 24)")

@@ -62,7 +62,7 @@ class TrainSettings:
 
     epochs: int = 25
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 5e-3
     val_fraction: float = 0.0
     adversarial_weight: float = 0.05
     boxes: BoxSettings = field(default_factory=BoxSettings)

@@ -1,0 +1,72 @@
+"""Ab initio reconstruction: ``napari-cryo reconstruct PARTICLES.star --out DIR``.
+
+Writes ``DIR/volume.mrc`` (sharpened, low-passed at the FSC 0.143 resolution), ``DIR/half1.mrc`` and
+``DIR/half2.mrc``, ``DIR/poses.star`` (the input rows with the estimated angles and origins),
+``DIR/progress.csv``, intermediate maps, ``DIR/fsc.png``, ``DIR/loss.png`` and ``DIR/directions.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import CryoInputError
+
+HELP = "ab initio 3D reconstruction from a particle STAR file (cryoSPIN or cryoAI)"
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    from ..cli import add_device_arg
+    from .reconstruct import METHODS, ReconstructionSettings
+
+    d = ReconstructionSettings()
+    parser.add_argument("particles", help="RELION particle STAR file (rlnImageName, CTF columns)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--method", choices=METHODS, default=d.method, help="cryospin (default: multi-head encoder, then per-particle poses) or cryoai")
+    parser.add_argument("--box", type=int, metavar="L", help="working box size in pixels (Fourier cropping; even; default: the image size)")
+    parser.add_argument("--max-minutes", type=float, default=d.max_minutes, metavar="T", help=f"time budget for pose inference (default {d.max_minutes:g})")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--heads", type=int, default=d.heads, help=f"cryoSPIN encoder heads (default {d.heads})")
+    parser.add_argument("--switch-after", type=float, metavar="MIN", help="force the switch to per-particle poses after MIN minutes (default: automatic)")
+    parser.add_argument("--pose-steps", type=int, default=d.pose_steps, help="pose updates per volume update when auto-decoding")
+    parser.add_argument("--invert", action="store_true", help="particles are white on a dark background")
+    parser.add_argument("--phase-flip", action="store_true", help="phase-flip the images first (off by default)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes, help=f"minutes between checkpoints (default {d.checkpoint_minutes:g})")
+    parser.add_argument("--map-minutes", type=float, default=d.map_minutes, help=f"minutes between intermediate maps (default {d.map_minutes:g})")
+    parser.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt after an interruption")
+    parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in DIR")
+    add_device_arg(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run a reconstruction."""
+    from ..device import describe_device, resolve_device
+    from ..tasks import run_with_tqdm
+    from .data import ParticleData
+    from .outputs import OUTPUT_FILES, write_result
+    from .reconstruct import ReconstructionSettings, reconstruct
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CryoInputError(out, "is a file; --out must be a directory")
+    existing = [name for name in OUTPUT_FILES if (out / name).exists()]
+    if existing and not (args.overwrite or args.resume):
+        raise CryoInputError(out / existing[0], "already exists (use --overwrite to replace it, or --resume to continue)")
+    settings = ReconstructionSettings(
+        method=args.method, batch_size=args.batch_size, max_minutes=args.max_minutes, heads=args.heads,
+        switch_after=args.switch_after, pose_steps=args.pose_steps, seed=args.seed,
+        checkpoint_minutes=args.checkpoint_minutes, map_minutes=args.map_minutes,
+    )
+    data = ParticleData(args.particles, box=args.box, invert=args.invert, phase_flip=args.phase_flip)
+    for warning in data.warnings:
+        print(f"napari-cryo reconstruct: warning: {warning}", file=sys.stderr)
+    device = resolve_device(args.device)
+    print(f"{len(data)} particles, box {data.box or data.original_box} at {data.pixel_size:.3g} Å; {settings.method} on {describe_device(device)}", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    result = run_with_tqdm(reconstruct(data, settings, out, resume=args.resume, device=device), "reconstruct")
+    px = result.pixel_size
+    write_result(out, data.table, result, settings.method)
+    print(f"{out / 'volume.mrc'}: resolution {result.resolution:.2f} Å at FSC 0.143 (half maps), {px:.3g} Å/px")
+    return 0

@@ -1,0 +1,492 @@
+"""Ab initio reconstruction: amortized pose inference, then per-particle poses, then a direct reconstruction.
+
+:func:`reconstruct` is a generator (progress, loss records, intermediate
+maps) returning a :class:`ReconstructionResult`.  The run has three phases:
+
+1. **amortized** — an encoder maps each image to a pose.  ``cryoai``: one
+   rotation head, the implicit :class:`~.models.FourierNet` decoder and the
+   symmetrised loss (each image and its in-plane π rotation, the smaller
+   error counts).  ``cryospin``: ``heads`` rotation hypotheses per image, the
+   best head per particle by reconstruction error (winner takes all), and an
+   explicit voxel decoder.  The frequencies compared grow from 0.15 to 0.5
+   cycles per pixel (coarse to fine).
+2. **auto-decoding** (cryoSPIN's semi-amortized phase) — each particle's
+   rotation (6-D) and shift become free parameters initialised from its best
+   head, with ``pose_steps`` pose updates per volume update.  The switch is
+   automatic when the amortized loss plateaus (less than ``plateau`` relative
+   improvement over ``patience`` epochs) or after half the time budget, or
+   forced with ``switch_after`` (minutes; 0 = start auto-decoding at once).
+   The cryoAI method stays amortized, as published.
+3. **direct reconstruction** — a CTF-corrected, Wiener-filtered Fourier
+   reconstruction from the estimated poses of two random half-sets gives the
+   half maps, the gold-standard FSC (0.143) and a sharpened, low-passed map
+   (:mod:`.backproject`).
+
+The run checkpoints every ``checkpoint_minutes`` and at each phase change;
+with ``resume`` it continues from the checkpoint in ``out_dir`` (same data
+and settings).  A loss that is not finite stops the run with a message; the
+last checkpoint written before it stays.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Generator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import CryoInputError
+from ..io.atomic import atomic_path
+from ..tasks import Progress
+from .models import FourierNet, PoseEncoder, VoxelVolume, rotation_from_6d, rotation_to_6d
+
+METHODS = ("cryospin", "cryoai")
+CHECKPOINT = "checkpoint.pt"
+
+
+class ReconstructionDiverged(CryoInputError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class ReconstructionSettings:
+    """Settings of a run (defaults are the ones benchmarked).
+
+    Attributes
+    ----------
+    method : str
+        ``"cryospin"`` (multi-head encoder, voxel decoder, then auto-decoding)
+        or ``"cryoai"`` (one head, FourierNet, symmetrised loss).
+    batch_size : int
+        Images per step.
+    max_minutes : float
+        Time budget for phases 1 and 2 (the direct reconstruction comes after).
+    heads : int
+        Rotation hypotheses per image (cryoSPIN; cryoAI uses 1).
+    encoder_lr, volume_lr, pose_lr : float
+        Adam learning rates of the encoder, the decoder and the per-particle poses.
+    pose_steps : int
+        Pose updates per volume update when auto-decoding.
+    max_shift : float
+        Largest in-plane translation, as a fraction of the box.
+    switch_after : float or None
+        Force the switch to auto-decoding after this many minutes (None: automatic).
+    patience, plateau : int, float
+        Automatic switch: relative loss improvement below ``plateau`` over ``patience`` epochs.
+    converged_degrees : float
+        Auto-decoding stops when the median pose change over an epoch is below this.
+    checkpoint_minutes, map_minutes : float
+        How often to checkpoint and to write an intermediate map.
+    seed : int
+        Random seed.
+    """
+
+    method: str = "cryospin"
+    batch_size: int = 64
+    max_minutes: float = 20.0
+    heads: int = 7
+    encoder_lr: float = 3e-4
+    volume_lr: float = 1e-3
+    pose_lr: float = 2e-2
+    pose_steps: int = 4
+    max_shift: float = 0.1
+    switch_after: float | None = None
+    patience: int = 3
+    plateau: float = 0.005
+    converged_degrees: float = 0.2
+    checkpoint_minutes: float = 2.0
+    map_minutes: float = 3.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise CryoInputError(None, f"unknown method '{self.method}' (use {' or '.join(METHODS)})")
+
+    def key(self) -> str:
+        """What a checkpoint must match to be resumed (the time budget may change)."""
+        d = asdict(self)
+        for k in ("max_minutes", "checkpoint_minutes", "map_minutes", "switch_after"):
+            d.pop(k)
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class MapUpdate:
+    """An intermediate map for the viewer: the volume, its pixel size and where it was written."""
+
+    volume: np.ndarray
+    pixel_size: float
+    label: str
+    path: Path | None = None
+
+
+@dataclass
+class ReconstructionResult:
+    """What a run produces."""
+
+    volume: np.ndarray
+    half1: np.ndarray
+    half2: np.ndarray
+    pixel_size: float
+    rotations: np.ndarray  # (N, 3, 3) RELION matrices
+    shifts: np.ndarray  # (N, 2) origins in pixels (x, y)
+    fsc: Any
+    resolution: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def sphere_mask(box: int, radius: float | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A soft spherical mask (centre L//2): the particle lives inside the box's inscribed sphere."""
+    radius = radius if radius is not None else box / 2 - 2
+    r = torch.arange(box, device=device, dtype=torch.float32) - box // 2
+    d = torch.sqrt(r[:, None, None] ** 2 + r[None, :, None] ** 2 + r[None, None, :] ** 2)
+    return torch.clamp((radius + 2 - d) / 2, 0, 1)
+
+
+def frequency_radius(box: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """|k| in cycles per pixel on the rfft2 grid (L, L//2+1)."""
+    ky = torch.fft.fftfreq(box, device=device)[:, None]
+    kx = torch.fft.rfftfreq(box, device=device)[None, :]
+    return torch.sqrt(kx**2 + ky**2)
+
+
+class _Run:
+    """The state of one run: networks, optimisers, poses, phase, clock."""
+
+    def __init__(self, data, settings: ReconstructionSettings, device: torch.device) -> None:
+        self.data, self.s, self.device = data, settings, device
+        box = data.box or data.original_box
+        self.box = box
+        torch.manual_seed(settings.seed)
+        heads = settings.heads if settings.method == "cryospin" else 1
+        self.encoder = PoseEncoder(box, heads=heads, max_shift=settings.max_shift * box).to(device)
+        self.decoder = (VoxelVolume(box) if settings.method == "cryospin" else FourierNet()).to(device)
+        self.opt_encoder = torch.optim.Adam(self.encoder.parameters(), lr=settings.encoder_lr)
+        self.opt_decoder = torch.optim.Adam(self.decoder.parameters(), lr=settings.volume_lr if settings.method == "cryospin" else 1e-4)
+        n = len(data)
+        self.rot6d = torch.zeros(n, 6)
+        self.rot6d[:, 0] = 1.0
+        self.rot6d[:, 4] = 1.0
+        self.shifts = torch.zeros(n, 2)
+        self.phase = "amortized"
+        self.diverged = False
+        self.epoch = 0
+        self.elapsed = 0.0
+        self.history: list[dict[str, Any]] = []
+        self.maps_written: list[str] = []
+        self.mask = sphere_mask(box, device=device)
+        self.kr = frequency_radius(box, device)
+
+    # -- checkpoints
+    def state(self) -> dict[str, Any]:
+        return {
+            "key": self.key, "encoder": self.encoder.state_dict(), "decoder": self.decoder.state_dict(),
+            "opt_encoder": self.opt_encoder.state_dict(), "opt_decoder": self.opt_decoder.state_dict(),
+            "rot6d": self.rot6d, "shifts": self.shifts, "phase": self.phase, "epoch": self.epoch,
+            "elapsed": self.elapsed, "history": self.history, "maps": self.maps_written,
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.encoder.load_state_dict(state["encoder"])
+        self.decoder.load_state_dict(state["decoder"])
+        self.opt_encoder.load_state_dict(state["opt_encoder"])
+        self.opt_decoder.load_state_dict(state["opt_decoder"])
+        self.rot6d, self.shifts = state["rot6d"], state["shifts"]
+        self.phase, self.epoch, self.elapsed = state["phase"], int(state["epoch"]), float(state["elapsed"])
+        self.history, self.maps_written = list(state["history"]), list(state["maps"])
+
+    # -- image formation
+    def model_images(self, rotations: torch.Tensor, shifts: torch.Tensor, ctf: torch.Tensor | None) -> torch.Tensor:
+        """Model spectra (B, L, L//2+1) for RELION rotations and origins (pixels)."""
+        from .physics import shift_images
+
+        if isinstance(self.decoder, VoxelVolume):
+            from .physics import central_slices, volume_to_fourier
+
+            slices = central_slices(volume_to_fourier(self.decoder.voxels * self.mask), rotations)
+        else:
+            slices = self.decoder.slices(rotations, self.box)
+        if ctf is not None:
+            slices = slices * ctf
+        return shift_images(slices, shifts, self.box)
+
+    def errors(self, target: torch.Tensor, model: torch.Tensor, radius: float) -> torch.Tensor:
+        """Mean squared error per image over frequencies below ``radius`` (cycles/pixel)."""
+        band = (self.kr <= radius).float()
+        # rfft2 halves the spectrum; columns 1..L/2-1 stand for two frequencies each.
+        weight = band.clone()
+        weight[:, 1 : self.box // 2] *= 2
+        return ((target - model).abs() ** 2 * weight).sum(dim=(-2, -1)) / weight.sum() / self.box**2
+
+
+def _ctf(data, batch, box: int, device) -> torch.Tensor | None:
+    if batch.ctf is None:
+        return None
+    from .physics import ctf_2d
+
+    return ctf_2d({k: v for k, v in batch.ctf.items()}, box, data.pixel_size).to(device)
+
+
+def _run_key(data, settings: ReconstructionSettings) -> str:
+    fingerprint = [str(Path(data.star_path).resolve()), len(data), data.box, data.original_box, settings.key()]
+    return hashlib.sha1(json.dumps(fingerprint).encode()).hexdigest()[:16]
+
+
+def _save_checkpoint(run: _Run, out_dir: Path | None) -> None:
+    if out_dir is None:
+        return
+    with atomic_path(out_dir / CHECKPOINT, overwrite=True) as tmp:
+        torch.save(run.state(), tmp)
+
+
+def _write_progress(out_dir: Path | None, row: dict[str, Any]) -> None:
+    if out_dir is None:
+        return
+    path = out_dir / "progress.csv"
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["elapsed_s", "phase", "epoch", "loss", "pose_change_deg", "map"])
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row.get(k, "") for k in writer.fieldnames})
+
+
+def _angle_between(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Rotation angle (degrees) of a bᵀ for batches of rotation matrices."""
+    cos = ((a * b).sum(dim=(-2, -1)) - 1) / 2
+    return torch.rad2deg(torch.acos(cos.clamp(-1, 1)))
+
+
+@torch.no_grad()
+def _initialise_poses(run: _Run, data, box: int, device) -> Generator[Progress, None, None]:
+    """Each particle's pose from the trained encoder's best head (by reconstruction error at full resolution)."""
+    run.encoder.eval()
+    n = len(data)
+    done = 0
+    for batch in data.batches(256, shuffle=False):
+        images = batch.images.to(device)
+        target = torch.fft.rfft2(images)
+        ctf = _ctf(data, batch, box, device)
+        rotations, shifts = run.encoder(images)
+        h = rotations.shape[1]
+        model = run.model_images(rotations.reshape(-1, 3, 3), shifts.repeat_interleave(h, 0), None if ctf is None else ctf.repeat_interleave(h, 0))
+        err = run.errors(target.repeat_interleave(h, 0), model, 0.5).view(-1, h)
+        which = err.argmin(dim=1)
+        idx = torch.as_tensor(batch.indices)
+        run.rot6d[idx] = rotation_to_6d(rotations[torch.arange(len(idx)), which]).cpu()
+        run.shifts[idx] = shifts.cpu()
+        done += len(idx)
+        yield Progress(done, n, "initialising poses")
+
+
+def _check_finite(loss: torch.Tensor, run: _Run, out: Path | None) -> None:
+    """Stop before a non-finite loss can reach the parameters (the last checkpoint stays good)."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        run.diverged = True
+        raise ReconstructionDiverged(
+            out / CHECKPOINT if out is not None else None,
+            f"the loss became {value} in the {run.phase} phase at epoch {run.epoch + 1}; stopped, the last good checkpoint is kept",
+        )
+
+
+def reconstruct(
+    data,
+    settings: ReconstructionSettings | None = None,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    device: torch.device | str = "cpu",
+    stop: Callable[[], bool] | None = None,
+    pause: Callable[[], bool] | None = None,
+) -> Generator[Progress | dict | MapUpdate, None, ReconstructionResult | None]:
+    """Reconstruct a map and poses ab initio from a :class:`~.data.ParticleData`.
+
+    Parameters
+    ----------
+    data : ParticleData
+        The particles (Fourier-cropped to the working box).
+    settings : ReconstructionSettings, optional
+        Method and schedule.
+    out_dir : path, optional
+        Where checkpoints, ``progress.csv`` and intermediate maps go (none when omitted).
+    resume : bool
+        Continue from ``out_dir/checkpoint.pt`` if it matches the data and settings.
+    device : torch.device or str
+        Where to run.
+    stop : callable, optional
+        Polled every step; when it returns True, pose inference ends and the
+        direct reconstruction runs on the poses reached (the widget's Stop).
+    pause : callable, optional
+        Polled every step; when it returns True, a checkpoint is written and
+        the run returns ``None`` (the widget's Pause; resume continues it).
+        Closing the generator also keeps a checkpoint.
+
+    Yields
+    ------
+    Progress, dict (one per epoch: phase, loss, pose change) or MapUpdate
+
+    Returns
+    -------
+    ReconstructionResult or None
+        None when paused.
+    """
+    from ..io.mrc import write_mrc
+    from .backproject import reconstruct_halves
+
+    settings = settings or ReconstructionSettings()
+    device = torch.device(device)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    run = _Run(data, settings, device)
+    run.key = _run_key(data, settings)
+    if resume and out is not None and (out / CHECKPOINT).exists():
+        try:
+            state = torch.load(out / CHECKPOINT, map_location=device, weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - a damaged checkpoint is reported, not silently dropped
+            raise CryoInputError(out / CHECKPOINT, f"cannot be read to resume ({type(exc).__name__})") from None
+        if state.get("key") != run.key:
+            raise CryoInputError(out / CHECKPOINT, "belongs to other particles or settings; start without --resume or use another --out")
+        run.load(state)
+        yield Progress(0, None, f"resumed: {run.phase}, epoch {run.epoch}, {run.elapsed / 60:.1f} min done")
+    elif out is not None and (out / "progress.csv").exists():
+        (out / "progress.csv").unlink()
+
+    budget = settings.max_minutes * 60.0
+    start = time.perf_counter() - run.elapsed
+    last_ckpt = last_map = time.perf_counter()
+    n = len(data)
+    steps = max(1, math.ceil(n / settings.batch_size))
+    box = run.box
+
+    def clock() -> float:
+        return time.perf_counter() - start
+
+    def emit_map(label: str) -> MapUpdate:
+        volume = (run.decoder.voxels.detach() * run.mask).cpu().numpy() if isinstance(run.decoder, VoxelVolume) else run.decoder.volume(box).cpu().numpy()
+        path = None
+        if out is not None:
+            path = out / f"intermediate_{len(run.maps_written) + 1:03d}.mrc"
+            write_mrc(path, volume, data.pixel_size, overwrite=True)
+            run.maps_written.append(path.name)
+        return MapUpdate(volume, data.pixel_size, label, path)
+
+    try:
+        while clock() < budget and run.phase != "done" and not (stop is not None and stop()):
+            epoch_losses, changes = [], []
+            total_done = run.epoch * steps
+            for s, batch in enumerate(data.batches(settings.batch_size, shuffle=True, seed=settings.seed, epoch=run.epoch)):
+                progress_t = min(1.0, clock() / budget)
+                radius = 0.15 + 0.35 * min(1.0, progress_t * 2.0)  # full resolution by half the budget
+                images = batch.images.to(device)
+                target = torch.fft.rfft2(images)
+                ctf = _ctf(data, batch, box, device)
+                idx = torch.as_tensor(batch.indices)
+                if run.phase == "amortized":
+                    run.encoder.train()
+                    rotations, shifts = run.encoder(images)
+                    h = rotations.shape[1]
+                    model = run.model_images(rotations.reshape(-1, 3, 3), shifts.repeat_interleave(h, 0), None if ctf is None else ctf.repeat_interleave(h, 0))
+                    err = run.errors(target.repeat_interleave(h, 0), model, radius).view(-1, h)
+                    if settings.method == "cryoai":
+                        # The in-plane π rotation of a real image centred at L//2 conjugates its spectrum.
+                        err_flip = run.errors(torch.conj(target).repeat_interleave(h, 0), model, radius).view(-1, h)
+                        err = torch.minimum(err, err_flip)
+                    best, which = err.min(dim=1)
+                    loss = best.mean()
+                    with torch.no_grad():
+                        chosen = rotations[torch.arange(len(idx)), which].cpu()
+                        old = rotation_from_6d(run.rot6d[idx])
+                        changes.append(_angle_between(chosen, old))
+                        run.rot6d[idx] = rotation_to_6d(chosen)
+                        run.shifts[idx] = shifts.detach().cpu()
+                    _check_finite(loss, run, out)
+                    run.opt_encoder.zero_grad(set_to_none=True)
+                    run.opt_decoder.zero_grad(set_to_none=True)
+                    loss.backward()
+                    run.opt_encoder.step()
+                    run.opt_decoder.step()
+                else:
+                    # Auto-decoding: a few pose steps for this batch, then one volume step.
+                    pose6 = run.rot6d[idx].clone().to(device).requires_grad_(True)
+                    shift = run.shifts[idx].clone().to(device).requires_grad_(True)
+                    opt_pose = torch.optim.Adam([pose6, shift], lr=settings.pose_lr)
+                    before = rotation_from_6d(pose6.detach()).cpu()
+                    for _ in range(settings.pose_steps):
+                        err = run.errors(target, run.model_images(rotation_from_6d(pose6), shift, ctf), radius)
+                        _check_finite(err.sum(), run, out)
+                        opt_pose.zero_grad(set_to_none=True)
+                        err.sum().backward()
+                        opt_pose.step()
+                    rotations = rotation_from_6d(pose6.detach())
+                    loss = run.errors(target, run.model_images(rotations, shift.detach(), ctf), radius).mean()
+                    _check_finite(loss, run, out)
+                    run.opt_decoder.zero_grad(set_to_none=True)
+                    loss.backward()
+                    run.opt_decoder.step()
+                    with torch.no_grad():
+                        changes.append(_angle_between(rotations.cpu(), before))
+                        run.rot6d[idx] = rotation_to_6d(rotations).cpu()
+                        run.shifts[idx] = shift.detach().cpu().clamp(-settings.max_shift * box, settings.max_shift * box)
+                value = float(loss.detach())
+                epoch_losses.append(value)
+                run.elapsed = clock()
+                yield Progress(total_done + s + 1, None, f"{run.phase} epoch {run.epoch + 1} loss {np.mean(epoch_losses):.4g}")
+                if time.perf_counter() - last_ckpt > settings.checkpoint_minutes * 60:
+                    _save_checkpoint(run, out)
+                    last_ckpt = time.perf_counter()
+                if time.perf_counter() - last_map > settings.map_minutes * 60:
+                    update = emit_map(f"{run.phase} epoch {run.epoch + 1}")
+                    _write_progress(out, {"elapsed_s": round(clock(), 1), "phase": run.phase, "epoch": run.epoch + 1, "loss": value, "map": update.path.name if update.path else ""})
+                    last_map = time.perf_counter()
+                    yield update
+                if clock() >= budget or (stop is not None and stop()) or (pause is not None and pause()):
+                    break
+            if pause is not None and pause():
+                _save_checkpoint(run, out)
+                return None
+            run.epoch += 1
+            change = float(torch.cat(changes).median()) if changes else float("nan")
+            record = {"epoch": run.epoch, "phase": run.phase, "loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
+                      "pose_change_deg": change, "elapsed_s": round(clock(), 1)}
+            run.history.append(record)
+            _write_progress(out, {**record, "elapsed_s": record["elapsed_s"]})
+            yield record
+            # Phase changes.
+            if run.phase == "amortized" and settings.method == "cryospin":
+                losses = [r["loss"] for r in run.history if r["phase"] == "amortized"]
+                plateau = len(losses) > settings.patience and (losses[-settings.patience - 1] - losses[-1]) < settings.plateau * abs(losses[-settings.patience - 1])
+                forced = settings.switch_after is not None and clock() >= settings.switch_after * 60
+                if forced or plateau or clock() >= 0.5 * budget:
+                    yield Progress(0, None, "switching to per-particle poses: best head of every particle")
+                    yield from _initialise_poses(run, data, box, device)
+                    run.phase = "auto-decoding"
+                    _save_checkpoint(run, out)
+            elif run.phase == "auto-decoding" and change == change and change < settings.converged_degrees:
+                run.phase = "done"
+        _save_checkpoint(run, out)
+    finally:
+        # Cancelled or stopped: keep what was learnt so that --resume continues from here.
+        if run.phase != "done" and out is not None and run.epoch > 0 and not run.diverged:
+            try:
+                _save_checkpoint(run, out)
+            except Exception:  # noqa: BLE001 - never mask the original error
+                pass
+
+    yield Progress(0, None, "direct reconstruction from the estimated poses")
+    rotations = rotation_from_6d(run.rot6d).numpy()
+    shifts = run.shifts.numpy()
+    result = yield from reconstruct_halves(data, rotations, shifts, seed=settings.seed)
+    return ReconstructionResult(
+        volume=result.volume, half1=result.half1, half2=result.half2, pixel_size=data.pixel_size,
+        rotations=rotations, shifts=shifts, fsc=result.fsc, resolution=result.resolution, history=run.history,
+    )

@@ -1,0 +1,188 @@
+"""Reconstruction core: networks, known-pose reconstruction, the run (phases, outputs, resume, NaN)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import starfile
+import torch
+
+from napari_cryo.cli import main
+from napari_cryo.geometry import euler_to_matrix
+from napari_cryo.io.mrc import read_mrc
+from napari_cryo.reconstruction.models import FourierNet, PoseEncoder, rotation_from_6d, rotation_to_6d
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _drain(gen):
+    items = []
+    while True:
+        try:
+            items.append(next(gen))
+        except StopIteration as stop:
+            return stop.value, items
+
+
+@pytest.fixture(scope="module")
+def dataset(testdata, tmp_path_factory) -> Path:
+    """600 particles of 32 px from the real hand-vol map, SNR 1, small shifts."""
+    out = tmp_path_factory.mktemp("recon") / "set"
+    code = main(["simulate", "particles", str(testdata / "particles" / "hand-vol.mrc"), "--n", "600", "--box", "32",
+                 "--snr", "1.0", "--shift-sigma", "1", "--out", str(out), "--device", "cpu", "--seed", "5"])
+    assert code == 0
+    return out
+
+
+def _truth(dataset: Path, pixel_size: float):
+    gt = starfile.read(dataset / "ground_truth.star")["particles"]
+    rot = euler_to_matrix(gt[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy())
+    shifts = gt[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy() / pixel_size
+    return rot, shifts
+
+
+def test_rotation_6d_round_trip_and_orthonormal():
+    r = torch.as_tensor(euler_to_matrix(np.random.default_rng(0).uniform(-180, 180, (20, 3))), dtype=torch.float32)
+    torch.testing.assert_close(rotation_from_6d(rotation_to_6d(r)), r, atol=1e-5, rtol=0)
+    q = rotation_from_6d(torch.randn(50, 6))
+    torch.testing.assert_close(q @ q.transpose(-1, -2), torch.eye(3).expand(50, 3, 3), atol=1e-5, rtol=0)
+    assert torch.allclose(torch.det(q), torch.ones(50), atol=1e-5)
+
+
+def test_fouriernet_hermitian_and_slices_match_physics():
+    from napari_cryo.reconstruction.physics import central_slices, volume_to_fourier
+
+    torch.manual_seed(0)
+    net = FourierNet(hidden=48, layers=2, w0=5.0)
+    k = torch.randn(100, 3) * 0.2
+    torch.testing.assert_close(net(-k), torch.conj(net(k)))
+    box = 32
+    rot = torch.as_tensor(euler_to_matrix(np.array([[30.0, 50.0, 70.0], [100.0, 20.0, -40.0]])), dtype=torch.float32)
+    implicit = net.slices(rot, box).detach()
+    # The same map rendered to voxels and sliced by torch-fourier-slice.
+    explicit = central_slices(volume_to_fourier(net.volume(box), pad=2), rot, pad=2)
+    kr = torch.sqrt(torch.fft.fftfreq(box)[:, None] ** 2 + torch.fft.rfftfreq(box)[None, :] ** 2)
+    low = kr < 0.25
+    assert (implicit - explicit)[:, low].norm() / implicit[:, low].norm() < 0.05
+
+
+def test_encoder_heads_and_translation_head_trains():
+    enc = PoseEncoder(32, heads=7, max_shift=3.0)
+    rot, shift = enc(torch.randn(4, 32, 32))
+    assert rot.shape == (4, 7, 3, 3) and shift.shape == (4, 2)
+    assert torch.all(shift == 0)  # starts centred
+    shift.sum().backward()
+    assert enc.translation.weight.grad.abs().sum() > 0  # the head receives gradient from the start
+
+
+def test_known_pose_reconstruction_reaches_the_data_limit(dataset):
+    from napari_cryo.reconstruction.backproject import reconstruct_halves
+    from napari_cryo.reconstruction.data import ParticleData
+    from napari_cryo.reconstruction.fsc import fsc
+
+    data = ParticleData(dataset / "particles.star")
+    rot, shifts = _truth(dataset, data.pixel_size)
+    result, _ = _drain(reconstruct_halves(data, rot, shifts))
+    ref, _ = read_mrc(dataset / "ground_truth_map.mrc")
+    curve = fsc(result.volume, np.asarray(ref), data.pixel_size)
+    assert curve.resolution_px(0.5) < 3.5, curve.fsc
+    assert result.resolution < 3.5 * data.pixel_size
+    # Wrong shifts (ignored) do worse: the shift correction is doing its job.
+    worse, _ = _drain(reconstruct_halves(data, rot, np.zeros_like(shifts)))
+    assert fsc(worse.volume, np.asarray(ref), data.pixel_size).resolution(0.5) > curve.resolution(0.5)
+
+
+@pytest.mark.parametrize("method", ["cryospin", "cryoai"])
+def test_reconstruct_writes_everything(dataset, tmp_path, capsys, method):
+    out = tmp_path / method
+    code = main(["reconstruct", str(dataset / "particles.star"), "--out", str(out), "--method", method,
+                 "--max-minutes", "0.15", "--map-minutes", "0.02", "--batch-size", "32", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    for name in ("volume.mrc", "half1.mrc", "half2.mrc", "poses.star", "progress.csv", "fsc.png", "directions.png"):
+        assert (out / name).exists(), name
+    volume, info = read_mrc(out / "volume.mrc")
+    assert volume.shape == (32, 32, 32) and info.voxel_size == pytest.approx((2.0, 2.0, 2.0))
+    poses = starfile.read(out / "poses.star")
+    table = poses["particles"]
+    for column in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", "rlnDefocusU", "rlnImageName"):
+        assert column in table.columns
+    assert len(table) == 600 and "optics" in poses
+    progress = (out / "progress.csv").read_text().splitlines()
+    assert progress[0] == "elapsed_s,phase,epoch,loss,pose_change_deg,map"
+    assert any("intermediate_" in line for line in progress[1:])
+    # A second run into the same folder needs --overwrite (or --resume).
+    code = main(["reconstruct", str(dataset / "particles.star"), "--out", str(out), "--max-minutes", "0.05"])
+    assert code == 2 and "already exists" in capsys.readouterr().err
+
+
+def test_switch_to_auto_decoding_can_be_forced(dataset):
+    from napari_cryo.reconstruction.data import ParticleData
+    from napari_cryo.reconstruction.reconstruct import ReconstructionSettings, reconstruct
+
+    data = ParticleData(dataset / "particles.star")
+    settings = ReconstructionSettings(max_minutes=0.25, switch_after=0.0, batch_size=64, heads=3)
+    result, items = _drain(reconstruct(data, settings))
+    phases = [i["phase"] for i in items if isinstance(i, dict)]
+    assert phases[0] == "amortized" and "auto-decoding" in phases
+    assert result.rotations.shape == (600, 3, 3) and np.all(np.isfinite(result.volume))
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(dataset, tmp_path, monkeypatch):
+    from napari_cryo.reconstruction import reconstruct as rec
+    from napari_cryo.reconstruction.data import ParticleData
+
+    data = ParticleData(dataset / "particles.star")
+    settings = rec.ReconstructionSettings(max_minutes=0.2, switch_after=0.0, heads=2, checkpoint_minutes=0.001)
+    original = rec._Run.errors
+    calls = {"n": 0}
+
+    def failing(self, target, model, radius):
+        calls["n"] += 1
+        err = original(self, target, model, radius)
+        return err * float("nan") if calls["n"] > 40 else err
+
+    monkeypatch.setattr(rec._Run, "errors", failing)
+    with pytest.raises(rec.ReconstructionDiverged, match="loss became nan"):
+        _drain(rec.reconstruct(data, settings, tmp_path))
+    state = torch.load(tmp_path / rec.CHECKPOINT, weights_only=False)
+    assert all(torch.isfinite(v).all() for v in state["decoder"].values())
+
+
+def test_killed_run_resumes(dataset, tmp_path):
+    """Kill the command mid-run (SIGKILL, no clean-up), then --resume continues from the last checkpoint."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "napari_cryo.cli", "reconstruct", str(dataset / "particles.star"), "--out", str(out),
+           "--max-minutes", "0.6", "--checkpoint-minutes", "0.01", "--batch-size", "32", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if (out / "checkpoint.pt").exists() and (out / "progress.csv").exists() and len((out / "progress.csv").read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "volume.mrc").exists()
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    done_epochs, done_s = state["epoch"], state["elapsed"]
+    assert done_epochs >= 1
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (out / "volume.mrc").exists()
+    rows = (out / "progress.csv").read_text().splitlines()[1:]
+    epochs = [int(r.split(",")[2]) for r in rows if r.split(",")[2]]
+    assert max(epochs) > done_epochs and float(rows[-1].split(",")[0]) > done_s
