@@ -159,6 +159,11 @@ class ReconstructionWidget(Container):
     def _on_value(self, value: Any) -> None:
         if isinstance(value, MapUpdate):
             self._show_map(value)
+            if value.rotations is not None and self._dir_fig is not None:
+                from .outputs import direction_figure
+
+                direction_figure(value.rotations, self._dir_fig, title=f"viewing directions ({value.label})")
+                self._dir_canvas.draw_idle()
         elif isinstance(value, dict) and "loss" in value:
             self.history.append(value)
             self._draw_loss()

@@ -511,6 +511,11 @@ class ParticleData:
         """The resolved stack files."""
         return [r.path for r in self._readers]
 
+    @property
+    def image_mask(self) -> np.ndarray:
+        """The soft circular mask applied to every image (box, box), for models that must see the same."""
+        return self._mask
+
     def raw_images(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Read images as stored (float32), without any processing.
 

@@ -127,6 +127,8 @@ class MapUpdate:
     pixel_size: float
     label: str
     path: Path | None = None
+    rotations: np.ndarray | None = None  # (N, 3, 3) the poses reached, for direction plots and benchmarks
+    elapsed_s: float = 0.0
 
 
 @dataclass
@@ -184,6 +186,8 @@ class _Run:
         self.history: list[dict[str, Any]] = []
         self.maps_written: list[str] = []
         self.mask = sphere_mask(box, device=device)
+        # Model images get the mask the data got, else poses bend to explain the missing corners.
+        self.image_mask = torch.as_tensor(np.asarray(data.image_mask), dtype=torch.float32, device=device)
         self.kr = frequency_radius(box, device)
 
     # -- checkpoints
@@ -217,7 +221,8 @@ class _Run:
             slices = self.decoder.slices(rotations, self.box)
         if ctf is not None:
             slices = slices * ctf
-        return shift_images(slices, shifts, self.box)
+        images = torch.fft.irfft2(shift_images(slices, shifts, self.box), s=(self.box, self.box))
+        return torch.fft.rfft2(images * self.image_mask)
 
     def errors(self, target: torch.Tensor, model: torch.Tensor, radius: float) -> torch.Tensor:
         """Mean squared error per image over frequencies below ``radius`` (cycles/pixel)."""
@@ -225,7 +230,15 @@ class _Run:
         # rfft2 halves the spectrum; columns 1..L/2-1 stand for two frequencies each.
         weight = band.clone()
         weight[:, 1 : self.box // 2] *= 2
-        return ((target - model).abs() ** 2 * weight).sum(dim=(-2, -1)) / weight.sum() / self.box**2
+        # Each image gets its least-squares scale (images are normalised one by one, and ice varies):
+        # without it, poses bend to make the projected density brighter or dimmer.  Detached and
+        # clamped around 1, so the decoder still learns the overall scale, even from an empty volume.
+        with torch.no_grad():
+            cross = (torch.real(torch.conj(model) * target) * weight).sum(dim=(-2, -1))
+            power = ((model.abs() ** 2) * weight).sum(dim=(-2, -1))
+            scale = (cross / power.clamp_min(1e-12)).clamp(0.2, 5.0)
+        residual = target - scale[..., None, None] * model
+        return (residual.abs() ** 2 * weight).sum(dim=(-2, -1)) / weight.sum() / self.box**2
 
 
 def _ctf(data, batch, box: int, device) -> torch.Tensor | None:
@@ -286,6 +299,25 @@ def _initialise_poses(run: _Run, data, box: int, device) -> Generator[Progress, 
         run.shifts[idx] = shifts.cpu()
         done += len(idx)
         yield Progress(done, n, "initialising poses")
+    if isinstance(run.decoder, VoxelVolume):
+        yield from _volume_from_poses(run, data)
+
+
+def _volume_from_poses(run: _Run, data) -> Generator[Progress, None, None]:
+    """Replace the voxels by a Wiener back-projection from the current poses.
+
+    The direct reconstruction is a far better start for per-particle pose
+    refinement than voxels fitted by gradient steps while the poses moved.
+    """
+    from .backproject import accumulate, wiener
+
+    rotations = rotation_from_6d(run.rot6d).numpy()
+    numerator, weights = yield from accumulate(data, np.arange(len(data)), rotations, run.shifts.numpy())
+    volume = wiener(numerator, weights, 0.05 * float(weights.mean()))
+    with torch.no_grad():
+        run.decoder.voxels.copy_(torch.as_tensor(volume, device=run.decoder.voxels.device))
+    # The optimiser's moments belong to the old voxels.
+    run.opt_decoder = torch.optim.Adam(run.decoder.parameters(), lr=run.s.volume_lr)
 
 
 def _check_finite(loss: torch.Tensor, run: _Run, out: Path | None) -> None:
@@ -378,7 +410,7 @@ def reconstruct(
             path = out / f"intermediate_{len(run.maps_written) + 1:03d}.mrc"
             write_mrc(path, volume, data.pixel_size, overwrite=True)
             run.maps_written.append(path.name)
-        return MapUpdate(volume, data.pixel_size, label, path)
+        return MapUpdate(volume, data.pixel_size, label, path, rotation_from_6d(run.rot6d).numpy(), clock())
 
     try:
         while clock() < budget and run.phase != "done" and not (stop is not None and stop()):

@@ -155,11 +155,13 @@ def ctf_2d(
     phase_shift: float = 0.0,
     bfactor: float = 0.0,
 ) -> np.ndarray:
-    """The CTF on an unshifted ``numpy.fft.fft2`` grid, RELION sign convention.
+    """The CTF of a raw micrograph on an unshifted ``numpy.fft.fft2`` grid.
 
     Defoci in Å (positive = underfocus), angle and phase shift in degrees,
     voltage in kV, Cs in mm.  ``-sin(chi)``: positive density appears dark
-    at low frequency, as in a micrograph.
+    at low frequency, as in a micrograph.  This is the *negative* of RELION's
+    CTF, which applies to contrast-inverted (white) particles; reconstruction
+    uses RELION's (:func:`napari_cryo.reconstruction.physics.ctf_2d`).
     """
     defocus_v = defocus_u if defocus_v is None else defocus_v
     ky = np.fft.fftfreq(shape[0], d=pixel_size)[:, None]
