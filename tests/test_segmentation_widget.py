@@ -117,3 +117,24 @@ def test_bad_input_is_a_notification(tomogram_viewer, tmp_path, monkeypatch):
     assert "x.scnm" in errors[-1]
     widget.add_feature("membrane")
     assert "name" in errors[-1]
+
+
+def test_annotations_of_several_tomograms_are_pooled(tomogram_viewer):
+    from napari_cryo.segmentation._widget import SegmentationWidget
+    from napari_cryo.segmentation.features import METADATA_KEY, features_to_metadata, make_features
+
+    viewer, t = tomogram_viewer
+    viewer.add_image(t.volume[::-1].copy(), name="tomo2", scale=(12.0, 12.0, 12.0))
+    widget = SegmentationWidget(viewer)
+    widget._tomogram.value = viewer.layers["tomo"]
+    first = widget.new_annotation_layer()
+    first.data[6] = np.where(t.labels[6] == 1, 1, 0)
+    # The second tomogram's annotations number the features the other way round.
+    second_table = make_features(["carbon", "membrane"])
+    labels2 = np.zeros_like(t.labels)
+    labels2[3] = np.where(t.labels[3] == 1, 2, 0)
+    viewer.add_labels(labels2, name="tomo2 annotations", metadata={METADATA_KEY: features_to_metadata(second_table), "tomogram": "tomo2"})
+    widget._annotation.value = first
+    pooled = widget.annotated_tomograms({f.name: f for f in widget.features()})
+    assert [p.name for p in pooled] == ["tomo", "tomo2"]
+    assert set(np.unique(pooled[1].labels[3])) == {0, 1}  # membrane is 1 in the chosen table

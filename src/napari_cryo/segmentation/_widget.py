@@ -287,11 +287,11 @@ class SegmentationWidget(Container):
         """Train the models of the named features, one after another, in the background."""
         from ..device import resolve_device
         from ..tasks import start_worker
-        from .dataset import AnnotatedTomogram, BoxSettings
+        from .dataset import BoxSettings
         from .training import SlicePreview, TrainSettings, train_feature
 
         try:
-            tomo = self._tomogram_layer()
+            self._tomogram_layer()
             layer = self._annotation.value
             if layer is None:
                 raise CryoInputError(None, "choose the annotation (Labels) layer you painted")
@@ -299,7 +299,7 @@ class SegmentationWidget(Container):
             if not names:
                 raise CryoInputError(None, "add a feature to the annotation layer first")
             chosen = [table[n] for n in names]
-            data = AnnotatedTomogram(tomo.data, np.asarray(layer.data), self._pixel_size(tomo), tomo.name)
+            pooled = self.annotated_tomograms(table)
             settings = TrainSettings(
                 epochs=int(self._epochs.value),
                 val_fraction=float(self._validation.value),
@@ -308,7 +308,7 @@ class SegmentationWidget(Container):
             from .dataset import sample_boxes
 
             for f in chosen:  # fail now, on the main thread, for a feature nobody painted
-                sample_boxes([data], f.value, data.pixel_size, BoxSettings(box=int(self._box.value), positives_per_slice=1, copies=1), f.name)
+                sample_boxes(pooled, f.value, pooled[0].pixel_size, BoxSettings(box=int(self._box.value), positives_per_slice=1, copies=1), f.name)
         except CryoInputError as exc:
             self._notify(str(exc), error=True)
             return None
@@ -320,7 +320,7 @@ class SegmentationWidget(Container):
             trained = []
             for f in chosen:
                 yield ("training", f.name)
-                model = yield from train_feature([data], f, architecture, settings, device=device, preview=source)
+                model = yield from train_feature(pooled, f, architecture, settings, device=device, preview=source)
                 trained.append(model)
                 yield model
             return trained
@@ -351,6 +351,36 @@ class SegmentationWidget(Container):
         self.worker = start_worker(run, description="training", on_yield=on_value, on_finished=finished)
         self._busy(True)
         return self.worker
+
+    def annotated_tomograms(self, table: dict[str, Feature]) -> list:
+        """The chosen tomogram with its annotations, then every other annotated tomogram open, pooled.
+
+        Other annotation layers are those made by this widget (they name their
+        tomogram); their label values are mapped onto the chosen table by
+        feature name, so two tomograms may number their features differently.
+        """
+        from .dataset import AnnotatedTomogram
+
+        tomo, layer = self._tomogram_layer(), self._annotation.value
+        pairs = [(tomo, layer)]
+        for other in self.viewer.layers:
+            name = (other.metadata or {}).get("tomogram")
+            if other is layer or METADATA_KEY not in (other.metadata or {}) or name not in self.viewer.layers:
+                continue
+            pairs.append((self.viewer.layers[name], other))
+        pooled = []
+        for image, labels in pairs:
+            data = np.asarray(labels.data)
+            if labels is not layer:
+                mapping = {f.value: table[f.name].value for f in features_from_metadata(labels.metadata) if f.name in table}
+                if not mapping or not np.any(data):
+                    continue
+                lut = np.zeros(max(256, int(data.max()) + 1), dtype=np.uint8)
+                for src, dst in mapping.items():
+                    lut[src] = dst
+                data = lut[data]
+            pooled.append(AnnotatedTomogram(image.data, data, self._pixel_size(image), image.name))
+        return pooled
 
     def _draw_loss(self, title: str) -> None:
         if self._loss_figure is None:
