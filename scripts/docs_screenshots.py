@@ -173,9 +173,42 @@ def segmentation() -> None:
     viewer.close()
 
 
+def reconstruction() -> None:
+    import tempfile
+
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_cryo.cli import main as cli
+    from napari_cryo.reconstruction._widget import ReconstructionWidget
+
+    work = Path(tempfile.mkdtemp(prefix="napari-cryo-shots-"))
+    hand = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "particles" / "hand-vol.mrc"
+    cli(["simulate", "particles", str(hand), "--n", "3000", "--box", "32", "--snr", "0.5", "--out", str(work / "set"), "--device", "cpu"])
+    viewer = napari.Viewer(title="napari-cryo: ab initio reconstruction")
+    viewer.window._qt_window.resize(1500, 1000)
+    widget = ReconstructionWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Ab initio reconstruction", area="right")
+    widget._star.value = work / "set" / "particles.star"
+    widget._minutes.value = 1.5
+    widget._out.value = work / "run"
+    widget._map_every.value = 0.2
+    widget.start()
+    while "reconstruction" not in viewer.layers or len(widget.history) < 12:
+        QApplication.processEvents()
+        time.sleep(0.05)
+    save(viewer.screenshot(canvas_only=False, flash=False), "reconstruction_running.png")
+    wait(widget)
+    viewer.layers["reconstruction"].rendering = "iso"
+    viewer.layers["reconstruction"].iso_threshold = float(np.percentile(viewer.layers["reconstruction"].data, 97))
+    wait(widget)
+    save(viewer.screenshot(canvas_only=False, flash=False), "reconstruction_final.png")
+    viewer.close()
+
+
 if __name__ == "__main__":
     import sys
 
-    targets = sys.argv[1:] or ["picking", "squares", "segmentation"]
+    targets = sys.argv[1:] or ["picking", "squares", "segmentation", "reconstruction"]
     for name in targets:
         globals()[name]()

@@ -42,13 +42,14 @@ class ReconstructionWidget(Container):
         self._box = SpinBox(label="box (0 = full)", min=0, max=1024, step=2, value=0)
         self._minutes = FloatSpinBox(label="time budget (min)", min=0.1, max=10000.0, step=1.0, value=20.0)
         self._device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        self._map_every = FloatSpinBox(label="map every (min)", min=0.05, max=120.0, step=0.5, value=ReconstructionSettings().map_minutes)
         self._out = FileEdit(label="output folder", mode="d")
         self._start = PushButton(text="Start")
         self._pause = PushButton(text="Pause", enabled=False)
         self._resume = PushButton(text="Resume", enabled=False)
         self._stop_button = PushButton(text="Stop (finish now)", enabled=False)
         self._status = Label(value="")
-        self.extend([self._star, self._layer, self._method, self._box, self._minutes, self._device, self._out,
+        self.extend([self._star, self._layer, self._method, self._box, self._minutes, self._device, self._map_every, self._out,
                      self._start, self._pause, self._resume, self._stop_button, self._status])
         from ..plots import qt_figure_canvas
 
@@ -105,7 +106,9 @@ class ReconstructionWidget(Container):
 
         try:
             data = self._particles()
-            settings = ReconstructionSettings(method=str(self._method.value), max_minutes=float(self._minutes.value))
+            settings = ReconstructionSettings(
+                method=str(self._method.value), max_minutes=float(self._minutes.value), map_minutes=float(self._map_every.value),
+            )
             device = resolve_device(str(self._device.value))
             out = self._out_dir()
         except CryoInputError as exc:
