@@ -204,7 +204,7 @@ def main() -> None:
     ]
     for name, rows in results.items():
         if not rows:
-            lines.append(f"| {name} | - | did not run (see the script's output) | - | - |")
+            lines.append(f"| {name} | {args.minutes:g} | no map within the budget (see the script's output) | - | - |")
         for r in rows:
             lines.append(f"| {name} | {r['t'] / 60:.1f} | {r['label']} | {fmt(r['fsc05_px'])} | {fmt(r.get('median_deg'), 1)} |")
     write_section("Ab initio reconstruction", "\n".join(lines))

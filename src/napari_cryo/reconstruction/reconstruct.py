@@ -179,6 +179,12 @@ class _Run:
         self.rot6d[:, 0] = 1.0
         self.rot6d[:, 4] = 1.0
         self.shifts = torch.zeros(n, 2)
+        # Gold standard: once poses are refined per particle, each half-set has its own volume, so the
+        # two halves of the final FSC never saw each other's particles through a shared map.
+        first, second = data.half_sets(settings.seed)
+        self.half_of = torch.zeros(n, dtype=torch.long)
+        self.half_of[torch.as_tensor(np.asarray(second), dtype=torch.long)] = 1
+        self.half_decoders: torch.nn.ModuleList | None = None
         self.phase = "amortized"
         self.diverged = False
         self.epoch = 0
@@ -197,25 +203,52 @@ class _Run:
             "opt_encoder": self.opt_encoder.state_dict(), "opt_decoder": self.opt_decoder.state_dict(),
             "rot6d": self.rot6d, "shifts": self.shifts, "phase": self.phase, "epoch": self.epoch,
             "elapsed": self.elapsed, "history": self.history, "maps": self.maps_written,
+            "halves": None if self.half_decoders is None else [h.voxels.detach().cpu() for h in self.half_decoders],
         }
 
     def load(self, state: dict[str, Any]) -> None:
         self.encoder.load_state_dict(state["encoder"])
         self.decoder.load_state_dict(state["decoder"])
+        if state.get("halves") is not None:
+            self.use_half_volumes(state["halves"])
         self.opt_encoder.load_state_dict(state["opt_encoder"])
         self.opt_decoder.load_state_dict(state["opt_decoder"])
         self.rot6d, self.shifts = state["rot6d"], state["shifts"]
         self.phase, self.epoch, self.elapsed = state["phase"], int(state["epoch"]), float(state["elapsed"])
         self.history, self.maps_written = list(state["history"]), list(state["maps"])
 
-    # -- image formation
-    def model_images(self, rotations: torch.Tensor, shifts: torch.Tensor, ctf: torch.Tensor | None) -> torch.Tensor:
-        """Model spectra (B, L, L//2+1) for RELION rotations and origins (pixels)."""
-        from .physics import shift_images
+    def use_half_volumes(self, volumes) -> None:
+        """Switch to one voxel volume per half-set (auto-decoding), with a fresh optimiser."""
+        self.half_decoders = torch.nn.ModuleList([VoxelVolume(self.box, torch.as_tensor(v)) for v in volumes]).to(self.device)
+        self.opt_decoder = torch.optim.Adam(self.half_decoders.parameters(), lr=self.s.volume_lr)
 
+    def current_volume(self) -> torch.Tensor:
+        """The map as it stands (the average of the half volumes once there are two)."""
+        if self.half_decoders is not None:
+            return 0.5 * (self.half_decoders[0].voxels + self.half_decoders[1].voxels).detach() * self.mask
         if isinstance(self.decoder, VoxelVolume):
-            from .physics import central_slices, volume_to_fourier
+            return self.decoder.voxels.detach() * self.mask
+        return self.decoder.volume(self.box)
 
+    # -- image formation
+    def model_images(self, rotations: torch.Tensor, shifts: torch.Tensor, ctf: torch.Tensor | None, halves: torch.Tensor | None = None) -> torch.Tensor:
+        """Model spectra (B, L, L//2+1) for RELION rotations and origins (pixels).
+
+        With ``halves`` (each image's half-set) and half volumes, each image is
+        modelled from its own half's volume.
+        """
+        from .physics import central_slices, shift_images, volume_to_fourier
+
+        if self.half_decoders is not None and halves is not None:
+            parts, order = [], []
+            for h, decoder in enumerate(self.half_decoders):
+                sel = torch.nonzero(halves == h).flatten()
+                if len(sel):
+                    parts.append(central_slices(volume_to_fourier(decoder.voxels * self.mask), rotations[sel.to(rotations.device)]))
+                    order.append(sel)
+            inverse = torch.argsort(torch.cat(order))
+            slices = torch.cat(parts)[inverse.to(parts[0].device)]
+        elif isinstance(self.decoder, VoxelVolume):
             slices = central_slices(volume_to_fourier(self.decoder.voxels * self.mask), rotations)
         else:
             slices = self.decoder.slices(rotations, self.box)
@@ -312,12 +345,12 @@ def _volume_from_poses(run: _Run, data) -> Generator[Progress, None, None]:
     from .backproject import accumulate, wiener
 
     rotations = rotation_from_6d(run.rot6d).numpy()
-    numerator, weights = yield from accumulate(data, np.arange(len(data)), rotations, run.shifts.numpy())
-    volume = wiener(numerator, weights, 0.05 * float(weights.mean()))
-    with torch.no_grad():
-        run.decoder.voxels.copy_(torch.as_tensor(volume, device=run.decoder.voxels.device))
-    # The optimiser's moments belong to the old voxels.
-    run.opt_decoder = torch.optim.Adam(run.decoder.parameters(), lr=run.s.volume_lr)
+    volumes = []
+    for h in (0, 1):
+        rows = torch.nonzero(run.half_of == h).flatten().numpy()
+        numerator, weights = yield from accumulate(data, rows, rotations, run.shifts.numpy())
+        volumes.append(wiener(numerator, weights, 0.05 * float(weights.mean())))
+    run.use_half_volumes(volumes)
 
 
 def _check_finite(loss: torch.Tensor, run: _Run, out: Path | None) -> None:
@@ -404,7 +437,7 @@ def reconstruct(
         return time.perf_counter() - start
 
     def emit_map(label: str) -> MapUpdate:
-        volume = (run.decoder.voxels.detach() * run.mask).cpu().numpy() if isinstance(run.decoder, VoxelVolume) else run.decoder.volume(box).cpu().numpy()
+        volume = run.current_volume().cpu().numpy()
         path = None
         if out is not None:
             path = out / f"intermediate_{len(run.maps_written) + 1:03d}.mrc"
@@ -453,14 +486,15 @@ def reconstruct(
                     shift = run.shifts[idx].clone().to(device).requires_grad_(True)
                     opt_pose = torch.optim.Adam([pose6, shift], lr=settings.pose_lr)
                     before = rotation_from_6d(pose6.detach()).cpu()
+                    halves = run.half_of[idx]
                     for _ in range(settings.pose_steps):
-                        err = run.errors(target, run.model_images(rotation_from_6d(pose6), shift, ctf), radius)
+                        err = run.errors(target, run.model_images(rotation_from_6d(pose6), shift, ctf, halves), radius)
                         _check_finite(err.sum(), run, out)
                         opt_pose.zero_grad(set_to_none=True)
                         err.sum().backward()
                         opt_pose.step()
                     rotations = rotation_from_6d(pose6.detach())
-                    loss = run.errors(target, run.model_images(rotations, shift.detach(), ctf), radius).mean()
+                    loss = run.errors(target, run.model_images(rotations, shift.detach(), ctf, halves), radius).mean()
                     _check_finite(loss, run, out)
                     run.opt_decoder.zero_grad(set_to_none=True)
                     loss.backward()
