@@ -108,15 +108,19 @@ def segmentation() -> None:
     widget._tomogram.value = viewer.layers["tomogram"]
     labels = widget.new_annotation_layer()
     # 'Paint' six slices from the ground truth, as a user would by hand.
-    for z in np.linspace(10, truth.shape[0] - 11, 6).round().astype(int):
+    # Where a user would paint: the slice showing most of each feature, plus a few spread through the volume.
+    slices = {int(np.argmax([(truth[z] == v).sum() for z in range(truth.shape[0])])) for v in (1, 2, 3)}
+    slices |= {int(z) for z in np.linspace(30, truth.shape[0] - 11, 3).round()}
+    for z in sorted(slices):
         labels.data[z] = np.where(np.isin(truth[z], (1, 2, 3)), truth[z], 0)
     labels.refresh()
-    viewer.dims.set_current_step(0, int(np.linspace(10, truth.shape[0] - 11, 6).round()[2]))
+    viewer.dims.set_current_step(0, max(slices))
     viewer.reset_view()
     save(viewer.screenshot(canvas_only=False, flash=False), "segmentation_painting.png")
 
     widget._epochs.value = 12
-    widget.train(["membrane", "carbon", "particle"])
+    if widget.train(["membrane", "carbon", "particle"]) is None:
+        raise RuntimeError(f"training did not start: {widget._status.value}")
     wait(widget)
     widget._child.value, widget._kind.value, widget._parent.value = "membrane", "avoid", "carbon"
     widget._radius.value = 10.0

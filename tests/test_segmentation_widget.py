@@ -48,6 +48,8 @@ def test_paint_train_interact_segment_pick_mesh(tomogram_viewer, qtbot, tmp_path
     viewer.dims.set_current_step(0, 10)
     _wait(qtbot, widget.train(["membrane", "carbon"]))
     assert set(widget.session.models) == {"membrane", "carbon"}
+    widget.reset_choices()  # what napari does on every layer change: the choices must survive it
+    assert set(widget._child.choices) == {"membrane", "carbon"} and "membrane" in widget._feature.choices
     assert [h["epoch"] for h in widget.history["carbon"]] == [1, 2]
     assert "preview membrane" in viewer.layers  # shown during training
     assert viewer.layers["preview membrane"].data.shape == (96, 96)
@@ -73,6 +75,8 @@ def test_paint_train_interact_segment_pick_mesh(tomogram_viewer, qtbot, tmp_path
     qtbot.waitUntil(lambda: widget._preview_worker is None and viewer.layers["preview membrane"].metadata.get("z") == 12, timeout=60000)
 
     _wait(qtbot, widget.segment())
+    widget.reset_choices()
+    assert set(widget._pick_feature.choices) == {"membrane", "carbon"}
     seg = viewer.layers["tomo membrane"]
     assert seg.data.shape == t.volume.shape and tuple(seg.scale) == (12.0, 12.0, 12.0)
     written = widget.save_segmentations(tmp_path)

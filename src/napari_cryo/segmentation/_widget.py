@@ -65,7 +65,8 @@ class SegmentationWidget(Container):
         self._tomogram = create_widget(label="tomogram", annotation="napari.layers.Image")
         self._annotation = create_widget(label="annotations", annotation="napari.layers.Labels")
         self._new_annotation = PushButton(text="New annotation layer")
-        self._feature = ComboBox(label="feature", choices=[])
+        # Choices are callables: napari re-reads them on every layer change (reset_choices).
+        self._feature = ComboBox(label="feature", choices=self._feature_choices)
         self._new_feature = LineEdit(label="new feature", value="")
         self._add_feature = PushButton(text="Add feature")
         # Training.
@@ -77,7 +78,7 @@ class SegmentationWidget(Container):
         self._train_all = PushButton(text="Train all features")
         self._cancel = PushButton(text="Cancel", enabled=False)
         # Models.
-        self._model = ComboBox(label="model", choices=[])
+        self._model = ComboBox(label="model", choices=self._model_choices)
         self._threshold = FloatSlider(label="threshold", min=0.01, max=0.99, step=0.01, value=0.5)
         self._emit = CheckBox(text="emit (competes)")
         self._absorb = CheckBox(text="absorb (zeroed where emitters are higher)")
@@ -86,9 +87,9 @@ class SegmentationWidget(Container):
         self._save_model = PushButton(text="Save model")
         self._save_group = PushButton(text="Save group")
         # Interactions.
-        self._child = ComboBox(label="child", choices=[])
+        self._child = ComboBox(label="child", choices=self._model_choices)
         self._kind = ComboBox(label="interaction", choices=list(KINDS), value="colocalize")
-        self._parent = ComboBox(label="parent", choices=[])
+        self._parent = ComboBox(label="parent", choices=self._model_choices)
         self._parent_threshold = FloatSpinBox(label="parent threshold", min=0.01, max=0.99, step=0.05, value=0.5)
         self._radius = FloatSpinBox(label="radius (nm)", min=0.0, max=1000.0, step=1.0, value=10.0)
         self._add_edge = PushButton(text="Add interaction")
@@ -98,7 +99,7 @@ class SegmentationWidget(Container):
         self._segment = PushButton(text="Segment whole tomogram")
         self._out_dir = FileEdit(label="save to", mode="d")
         self._save_segmentations = PushButton(text="Save segmentations (MRC)")
-        self._pick_feature = ComboBox(label="pick from", choices=[])
+        self._pick_feature = ComboBox(label="pick from", choices=self._segmentation_choices)
         self._pick_threshold = FloatSpinBox(label="pick threshold", min=0.01, max=0.99, step=0.05, value=0.5)
         self._min_volume = FloatSpinBox(label="min volume (nm³)", min=0.0, max=1e7, step=100.0, value=0.0)
         self._min_spacing = FloatSpinBox(label="min spacing (Å)", min=0.0, max=1e5, step=10.0, value=0.0)
@@ -154,6 +155,20 @@ class SegmentationWidget(Container):
         self.viewer.dims.events.current_step.connect(self._on_step)
         self._refresh_features()
         self._refresh_models()
+
+    # ----------------------------------------------------------------- choices
+    def _feature_choices(self, *_: Any) -> list[str]:
+        try:
+            return [f.name for f in self.features()]
+        except (CryoInputError, AttributeError):  # AttributeError: called while the widget is being built
+            return []
+
+    def _model_choices(self, *_: Any) -> list[str]:
+        return list(self.session.models)
+
+    def _segmentation_choices(self, *_: Any) -> list[str]:
+        tomo = getattr(getattr(self, "_tomogram", None), "value", None)
+        return list(getattr(self, "segmentations", {}).get(tomo.name, {})) if tomo is not None else []
 
     # ----------------------------------------------------------------- helpers
     def _notify(self, message: str, error: bool = False) -> None:
@@ -246,7 +261,7 @@ class SegmentationWidget(Container):
         except CryoInputError as exc:
             self._notify(str(exc), error=True)
             names = []
-        self._feature.choices = names
+        self._feature.reset_choices()
         if names and self._feature.value not in names:
             self._feature.value = names[0]
 
@@ -395,7 +410,7 @@ class SegmentationWidget(Container):
         titles = list(self.session.models)
         for combo in (self._model, self._child, self._parent):
             current = combo.value
-            combo.choices = titles
+            combo.reset_choices()
             if current in titles:
                 combo.value = current
         if len(titles) > 1 and self._parent.value == self._child.value:
@@ -633,7 +648,7 @@ class SegmentationWidget(Container):
             self.segmentations[name] = result
             for title, prob in result.items():
                 self._add_segmentation(tomo, title, prob)
-            self._pick_feature.choices = list(result)
+            self._pick_feature.reset_choices()
             self._notify(f"segmented {name}: {', '.join(result)}")
 
         self.worker = start_worker(group.apply, volume, px, resolve_device("auto"), description=f"segmenting {name}", on_returned=done, on_finished=self._finished)
