@@ -194,11 +194,11 @@ def reconstruction() -> None:
     widget = ReconstructionWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Ab initio reconstruction", area="right")
     widget._star.value = work / "set" / "particles.star"
-    widget._minutes.value = 1.5
+    widget._minutes.value = 2.0
     widget._out.value = work / "run"
     widget._map_every.value = 0.2
     widget.start()
-    while "reconstruction" not in viewer.layers or len(widget.history) < 12:
+    while ("reconstruction" not in viewer.layers or len(widget.history) < 6) and widget.worker is not None:
         QApplication.processEvents()
         time.sleep(0.05)
     save(viewer.screenshot(canvas_only=False, flash=False), "reconstruction_running.png")
