@@ -153,6 +153,7 @@ def segmentation() -> None:
     widget.segment()
     wait(widget)
     widget._pick_feature.value = "particle"
+    widget._pick_threshold.value = 0.3  # this quick 12-epoch model is under-confident on particles
     widget._min_volume.value = 1000.0
     widget._min_spacing.value = 160.0
     widget.pick()
@@ -163,8 +164,8 @@ def segmentation() -> None:
     viewer.dims.ndisplay = 3
     viewer.layers["tomogram"].rendering = "minip"
     viewer.layers["tomogram"].opacity = 0.6
-    viewer.camera.angles = (0, 35, 60)
     viewer.reset_view()
+    viewer.camera.angles = (0, 35, 60)
     wait(widget)
     save(viewer.screenshot(canvas_only=False, flash=False), "segmentation_picks_3d.png")
 
