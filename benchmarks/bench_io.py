@@ -28,12 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 SHAPE = (1000, 1024, 1024)  # 4.19 GB of float32
 
-OPEN_SNIPPET = r"""
-import json, sys, time
-import numpy as np
-from napari.components import ViewerModel
-from napari_cryo.io.layers import mrc_layer_data
-
+#: Memory of the measuring subprocess, prepended to every snippet that reports it.
+STATUS_MB = r"""
 def status_mb(key):
     # VmHWM is this process's own peak: ru_maxrss would include the parent's
     # resident size at fork (Linux carries it across exec).
@@ -41,6 +37,14 @@ def status_mb(key):
         for line in fh:
             if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
+"""
+
+OPEN_SNIPPET = STATUS_MB + r"""
+import json, sys, time
+import numpy as np
+from napari.components import ViewerModel
+from napari_cryo.io.layers import mrc_layer_data
+
 
 def rss_mb():
     return status_mb("VmRSS")

@@ -37,18 +37,9 @@ from napari_cryo.reconstruction.data import ParticleData  # noqa: E402
 from napari_cryo.reconstruction.fsc import align_maps, fsc  # noqa: E402
 from napari_cryo.reconstruction.poses import rotation_errors  # noqa: E402
 from napari_cryo.reconstruction.reconstruct import MapUpdate, ReconstructionSettings, reconstruct  # noqa: E402
+from napari_cryo.tasks import drain  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def drain(gen, on_value=None):
-    while True:
-        try:
-            item = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if on_value is not None:
-            on_value(item)
 
 
 def simulate(map_path: Path, out: Path, n: int, box: int, snr: float) -> None:
@@ -83,7 +74,7 @@ def run_method(method: str, data: ParticleData, minutes: float, ref, truth_rot, 
             rows.append(row)
             print(method, row, flush=True)
 
-    result = drain(reconstruct(data, settings, work / method, device="cpu"), on_value)
+    result, _ = drain(reconstruct(data, settings, work / method, device="cpu"), on_value)
     final = {"t": time.perf_counter() - t0, "label": "final (half-map reconstruction)", "half_map_A": result.resolution,
              **score(result.volume, result.rotations, ref, truth_rot, data.pixel_size)}
     rows.append(final)
@@ -174,7 +165,7 @@ def main() -> None:
     truth_shift = gt[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy()
     data = ParticleData(dataset / "particles.star")
     t0 = time.perf_counter()
-    known = drain(reconstruct_halves(data, truth_rot, truth_shift / data.pixel_size))
+    known, _ = drain(reconstruct_halves(data, truth_rot, truth_shift / data.pixel_size))
     known_s = time.perf_counter() - t0
     known_curve = fsc(known.volume, ref, data.pixel_size)
     print("known poses", known_curve.resolution_px(0.5), known.resolution, flush=True)

@@ -33,24 +33,18 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_io import write_section  # noqa: E402
+from bench_io import STATUS_MB, write_section  # noqa: E402
 
 BOX = 64
 PER_STACK = 1000
 BATCH = 256
 PIXEL_SIZE = 2.0
 
-RUN_SNIPPET = r"""
+RUN_SNIPPET = STATUS_MB + r"""
 import json, sys, time
 import torch
 from napari_cryo.reconstruction.data import ParticleData
 
-def status_mb(key):
-    # VmHWM is this process's own peak; ru_maxrss can carry the parent's size across fork and exec.
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
 
 star, box, batch_size, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 torch.set_num_threads(1)
@@ -72,17 +66,12 @@ print(json.dumps({"n": len(data), "box": data.box, "construct_s": t_construct, "
 """
 
 # For comparison: the napari reader's ParticleStack keeps a memory map of each stack; raw reads only.
-MMAP_SNIPPET = r"""
+MMAP_SNIPPET = STATUS_MB + r"""
 import json, sys, time
 import numpy as np
 import torch
 from napari_cryo.io.particles import ParticleStack
 
-def status_mb(key):
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
 
 star, box, batch_size, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 base = status_mb("VmRSS")

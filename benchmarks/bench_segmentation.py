@@ -38,18 +38,11 @@ from napari_cryo.segmentation.interactions import Interaction, InteractionGraph,
 from napari_cryo.segmentation.particles import PickSettings, pick_particles  # noqa: E402
 from napari_cryo.segmentation.training import TrainSettings, train_feature  # noqa: E402
 from napari_cryo.synthetic.tomogram import FEATURES, simulate_tomogram  # noqa: E402
+from napari_cryo.tasks import drain  # noqa: E402
 
 SHAPE = (96, 256, 256)
 PIXEL = 10.0
 PARTICLE_DIAMETER = 200.0
-
-
-def drain(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
 
 
 def make_tomogram(seed: int, shape=SHAPE, snr: float = 0.5):
@@ -148,11 +141,11 @@ def main() -> None:
         models, train_s = {}, {}
         for f in features:
             t0 = time.perf_counter()
-            models[f.name] = drain(train_feature(data, f, arch, settings))
+            models[f.name] = drain(train_feature(data, f, arch, settings))[0]
             train_s[f.name] = time.perf_counter() - t0
             print(f"{arch} {f.name}: trained in {train_s[f.name]:.0f} s, loss {models[f.name].final_loss:.3f}", flush=True)
         t0 = time.perf_counter()
-        preds = [drain(predict_volume(list(models.values()), t.volume, PIXEL)) for t in test]
+        preds = [drain(predict_volume(list(models.values()), t.volume, PIXEL))[0] for t in test]
         infer_s = time.perf_counter() - t0
         scores = {f.name: float(np.mean([dice(p[f.name] >= 0.5, t.labels == f.value) for p, t in zip(preds, test)])) for f in features}
         rate = test_voxels * len(features) / infer_s

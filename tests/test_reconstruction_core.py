@@ -17,6 +17,7 @@ import torch
 from napari_cryo.cli import main
 from napari_cryo.geometry import euler_to_matrix
 from napari_cryo.io.mrc import read_mrc
+from napari_cryo.tasks import drain
 from napari_cryo.reconstruction.models import FourierNet, PoseEncoder, rotation_from_6d, rotation_to_6d
 
 
@@ -26,15 +27,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def _drain(gen):
-    items = []
-    while True:
-        try:
-            items.append(next(gen))
-        except StopIteration as stop:
-            return stop.value, items
 
 
 @pytest.fixture(scope="module")
@@ -95,13 +87,13 @@ def test_known_pose_reconstruction_reaches_the_data_limit(dataset):
 
     data = ParticleData(dataset / "particles.star")
     rot, shifts = _truth(dataset, data.pixel_size)
-    result, _ = _drain(reconstruct_halves(data, rot, shifts))
+    result, _ = drain(reconstruct_halves(data, rot, shifts))
     ref, _ = read_mrc(dataset / "ground_truth_map.mrc")
     curve = fsc(result.volume, np.asarray(ref), data.pixel_size)
     assert curve.resolution_px(0.5) < 3.5, curve.fsc
     assert result.resolution < 3.5 * data.pixel_size
     # Wrong shifts (ignored) do worse: the shift correction is doing its job.
-    worse, _ = _drain(reconstruct_halves(data, rot, np.zeros_like(shifts)))
+    worse, _ = drain(reconstruct_halves(data, rot, np.zeros_like(shifts)))
     assert fsc(worse.volume, np.asarray(ref), data.pixel_size).resolution(0.5) > curve.resolution(0.5)
 
 
@@ -135,7 +127,7 @@ def test_switch_to_auto_decoding_can_be_forced(dataset):
 
     data = ParticleData(dataset / "particles.star")
     settings = ReconstructionSettings(max_minutes=0.25, switch_after=0.0, batch_size=64, heads=3)
-    result, items = _drain(reconstruct(data, settings))
+    result, items = drain(reconstruct(data, settings))
     phases = [i["phase"] for i in items if isinstance(i, dict)]
     assert phases[0] == "amortized" and "auto-decoding" in phases
     assert result.rotations.shape == (600, 3, 3) and np.all(np.isfinite(result.volume))
@@ -157,7 +149,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(dataset, tmp_pat
 
     monkeypatch.setattr(rec._Run, "errors", failing)
     with pytest.raises(rec.ReconstructionDiverged, match="loss became nan"):
-        _drain(rec.reconstruct(data, settings, tmp_path))
+        drain(rec.reconstruct(data, settings, tmp_path))
     state = torch.load(tmp_path / rec.CHECKPOINT, weights_only=False)
     assert all(torch.isfinite(v).all() for v in state["decoder"].values())
 

@@ -17,16 +17,7 @@ from napari_cryo.segmentation.interactions import Interaction, InteractionGraph
 from napari_cryo.segmentation.model import SegmentationModel
 from napari_cryo.segmentation.session import SegmentationSession
 from napari_cryo.segmentation.training import SlicePreview, TrainSettings, train_feature
-from napari_cryo.tasks import Progress
-
-
-def _drain(gen):
-    items = []
-    while True:
-        try:
-            items.append(next(gen))
-        except StopIteration as stop:
-            return stop.value, items
+from napari_cryo.tasks import Progress, drain
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +209,7 @@ def test_train_learns_resumes_and_previews(slab_tomogram, tmp_path):
     stats = normalisation(data.volume)
     ckpt = tmp_path / "bars.ckpt"
     gen = train_feature([data], feature, "vgg", settings, checkpoint=ckpt, preview=lambda: (5, plane, 10.0, stats))
-    model, items = _drain(gen)
+    model, items = drain(gen)
     records = [i for i in items if isinstance(i, dict)]
     previews = [i for i in items if isinstance(i, SlicePreview)]
     assert [r["epoch"] for r in records] == [1, 2, 3, 4] and all("val_loss" in r for r in records)
@@ -226,7 +217,7 @@ def test_train_learns_resumes_and_previews(slab_tomogram, tmp_path):
     assert len(previews) == 4 and previews[0].probabilities.shape == plane.shape
     assert any(isinstance(i, Progress) for i in items)
     # The model finds the unpainted slices' bars.
-    prob, _ = _drain(predict_volume([model], data.volume, 10.0))
+    prob, _ = drain(predict_volume([model], data.volume, 10.0))
     pred = prob["bars"] >= 0.5
     gt = truth == 1
     dice = 2 * (pred & gt).sum() / (pred.sum() + gt.sum())
@@ -243,7 +234,7 @@ def test_train_learns_resumes_and_previews(slab_tomogram, tmp_path):
             if epochs_seen == 2:
                 break
     gen.close()
-    resumed, items = _drain(train_feature([data], feature, "vgg", settings, checkpoint=ckpt2))
+    resumed, items = drain(train_feature([data], feature, "vgg", settings, checkpoint=ckpt2))
     assert any(isinstance(i, Progress) and "resumed at epoch 2" in i.message for i in items)
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
     np.testing.assert_allclose([r["train_loss"] for r in resumed.history], [r["train_loss"] for r in records], rtol=1e-4)
@@ -252,7 +243,7 @@ def test_train_learns_resumes_and_previews(slab_tomogram, tmp_path):
 def test_pix2pix_trains_adversarially(slab_tomogram):
     data, _ = slab_tomogram
     settings = TrainSettings(epochs=2, batch_size=8, boxes=BoxSettings(box=32, positives_per_slice=4, copies=1))
-    model, items = _drain(train_feature([data], Feature("bars", 1, "#ff0000"), "pix2pix", settings))
+    model, items = drain(train_feature([data], Feature("bars", 1, "#ff0000"), "pix2pix", settings))
     assert model.architecture == "pix2pix" and len(model.history) == 2
     assert all(np.isfinite(r["train_loss"]) for r in model.history)
 

@@ -64,3 +64,16 @@ def test_worker_errors_become_notifications(qtbot, monkeypatch):
     with qtbot.waitSignal(worker.finished, timeout=10000):
         pass
     assert shown == ["x.mrc: broken"]
+
+
+def test_drain_returns_the_value_and_every_item():
+    from napari_cryo.tasks import Progress, drain
+
+    def gen():
+        yield Progress(1, 2)
+        yield "map"
+        return 42
+
+    seen = []
+    value, items = drain(gen(), seen.append)
+    assert value == 42 and items == [Progress(1, 2), "map"] and seen == items

@@ -27,6 +27,32 @@ class Progress:
     message: str = ""
 
 
+def drain(gen: Iterator[Any], on_value: Callable[[Any], None] | None = None) -> tuple[Any, list[Any]]:
+    """Run a progress generator to its end without a progress bar (scripts, benchmarks, tests).
+
+    Parameters
+    ----------
+    gen : iterator
+        A generator yielding :class:`Progress` and other values.
+    on_value : callable, optional
+        Called with every yielded value as it comes.
+
+    Returns
+    -------
+    tuple
+        The generator's return value and the list of everything it yielded.
+    """
+    items: list[Any] = []
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return stop.value, items
+        items.append(item)
+        if on_value is not None:
+            on_value(item)
+
+
 def run_with_tqdm(gen: Iterator[Any], description: str = "", on_value: Callable[[Any], None] | None = None) -> Any:
     """Drive a progress generator in the terminal; return its return value.
 

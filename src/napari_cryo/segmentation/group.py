@@ -24,7 +24,7 @@ from ..io.atomic import atomic_path
 from ..tasks import Progress
 from .inference import predict_volume
 from .interactions import InteractionGraph, apply_interactions
-from .model import SegmentationModel
+from .model import SegmentationModel, check_format
 
 FORMAT = "napari-cryo segmentation model group"
 FORMAT_VERSION = 1
@@ -108,10 +108,7 @@ class ModelGroup:
             raise CryoInputError(path, "is not a model group (.scnmgroup): not a zip archive") from None
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CryoInputError(path, f"has an unreadable group.json ({exc})") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise CryoInputError(path, "is not a napari-cryo model group (wrong format in group.json)")
-        if int(meta.get("version", 0)) > FORMAT_VERSION:
-            raise CryoInputError(path, f"was written by a newer napari-cryo (format version {meta['version']})")
+        check_format(meta, FORMAT, FORMAT_VERSION, path, "model group", "group.json")
         try:
             graph = InteractionGraph.from_dict(meta.get("graph", {}))
             return cls(models, graph)

@@ -30,6 +30,14 @@ METADATA = "metadata.json"
 WEIGHTS = "weights.pt"
 
 
+def check_format(meta: Any, fmt: str, version: int, source: str | os.PathLike, what: str, member: str) -> None:
+    """Refuse archive metadata of another kind or from a newer napari-cryo (``.scnm`` and ``.scnmgroup``)."""
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise CryoInputError(source, f"is not a napari-cryo {what} (wrong format in {member})")
+    if int(meta.get("version", 0)) > version:
+        raise CryoInputError(source, f"was written by a newer napari-cryo (format version {meta['version']})")
+
+
 @dataclass
 class SegmentationModel:
     """One feature's network and everything needed to apply it.
@@ -146,10 +154,7 @@ class SegmentationModel:
             raise CryoInputError(source, "is not a segmentation model (.scnm): not a zip archive") from None
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CryoInputError(source, f"has unreadable metadata ({exc})") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise CryoInputError(source, "is not a napari-cryo segmentation model (wrong format in metadata.json)")
-        if int(meta.get("version", 0)) > FORMAT_VERSION:
-            raise CryoInputError(source, f"was written by a newer napari-cryo (format version {meta['version']})")
+        check_format(meta, FORMAT, FORMAT_VERSION, source, "segmentation model", METADATA)
         try:
             arch = architectures.get(str(meta["architecture"]))
             if arch.dims != 2:
