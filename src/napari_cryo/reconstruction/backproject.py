@@ -48,28 +48,9 @@ def _radial(values: torch.Tensor, shells: torch.Tensor, n: int) -> torch.Tensor:
     return torch.zeros(n, dtype=values.dtype).index_add_(0, shells.flatten(), values.flatten()) / torch.bincount(shells.flatten(), minlength=n).clamp_min(1).to(values.dtype)
 
 
-def _sign_3d(box: int) -> torch.Tensor:
-    """``(-1)^(jz+jy+jx)``: the full-grid centre phase of an even box (unit modulus, real)."""
-    j = (torch.fft.fftfreq(box) * box).round().long()
-    return (1 - 2 * ((j[:, None, None] + j[None, :, None] + j[None, None, :]) % 2)).float()
-
-
-def insert_weights(weights: torch.Tensor, rotations: torch.Tensor, box: int) -> torch.Tensor:
-    """Back-project real per-frequency weights (e.g. CTF²): (box, box, box) sums on the full fftn grid.
-
-    :func:`~.physics.insert_slices` treats its input as image spectra and
-    applies the centring phase; weights are not spectra, so the phase is put
-    on before and taken off after, leaving a plain trilinear insertion.
-    """
-    from .physics import centre_phase_2d, insert_slices
-
-    values, _ = insert_slices(weights.to(torch.complex64) * centre_phase_2d(box, weights.device), rotations, box)
-    return (values * _sign_3d(box).to(values.device)).real.float()
-
-
 def accumulate(data, rows: np.ndarray, rotations: np.ndarray, shifts: np.ndarray, batch_size: int = 256) -> Generator[Progress, None, tuple[torch.Tensor, torch.Tensor]]:
     """Back-project one half-set: (Σ CTF·conj(P)·Y, Σ CTF²) on a full, unshifted 3D FFT grid."""
-    from .physics import ctf_2d, insert_slices, shift_images
+    from .physics import ctf_2d, insert_slices, insert_weights, shift_images
 
     box = data.box or data.original_box
     numerator = torch.zeros((box, box, box), dtype=torch.complex64)

@@ -421,6 +421,36 @@ def insert_slices(images_ft: Tensor, rotations: Tensor | np.ndarray, box: int) -
     return values, _half_to_full(weights, box).real.float()
 
 
+def insert_weights(weights: Tensor, rotations: Tensor | np.ndarray, box: int) -> Tensor:
+    """Back-project real per-frequency weights (e.g. CTF²) onto the central slices.
+
+    Unlike :func:`insert_slices`, the input is not an image spectrum, so no
+    centring phase applies: plain trilinear insertion, summed.
+
+    Parameters
+    ----------
+    weights : torch.Tensor
+        (N, box, box//2 + 1) real values on the rfft2 grid.
+    rotations : torch.Tensor or numpy.ndarray
+        (N, 3, 3) RELION matrices.
+    box : int
+        Image size (even).
+
+    Returns
+    -------
+    torch.Tensor
+        (box, box, box) float32 sums on the full, unshifted ``fftn`` grid.
+    """
+    from torch_fourier_slice import insert_central_slices_rfft_3d
+
+    _check_box(box, "the images")
+    rot = torch.as_tensor(rotations, dtype=torch.float32, device=weights.device)
+    data = torch.fft.fftshift(weights.to(torch.complex64), dim=-2)
+    half, _ = insert_central_slices_rfft_3d(data, (box, box, box), rot.transpose(-1, -2))
+    half = torch.fft.ifftshift(half, dim=(-3, -2))
+    return _half_to_full(half, box).real.float()
+
+
 def _mirror_zy(x: Tensor) -> Tensor:
     """x[-kz, -ky, ...] on unshifted axes 0 and 1."""
     return torch.roll(torch.flip(x, dims=(0, 1)), shifts=(1, 1), dims=(0, 1))
