@@ -114,7 +114,7 @@ def test_reconstruct_writes_everything(dataset, tmp_path, capsys, method):
         assert column in table.columns
     assert len(table) == 600 and "optics" in poses
     progress = (out / "progress.csv").read_text().splitlines()
-    assert progress[0] == "elapsed_s,phase,epoch,loss,pose_change_deg,map"
+    assert progress[0] == "elapsed_s,phase,epoch,loss,pose_change_deg,map,resolution_A"
     assert any("intermediate_" in line for line in progress[1:])
     # A second run into the same folder needs --overwrite (or --resume).
     code = main(["reconstruct", str(dataset / "particles.star"), "--out", str(out), "--max-minutes", "0.05"])

@@ -23,13 +23,15 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     d = ReconstructionSettings()
     parser.add_argument("particles", help="RELION particle STAR file (rlnImageName, CTF columns)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    parser.add_argument("--method", choices=METHODS, default=d.method, help="cryospin (default: multi-head encoder, then per-particle poses) or cryoai")
+    parser.add_argument("--method", choices=METHODS, default=d.method,
+                        help="cryospin (default: multi-head encoder, then per-particle poses), cryoai, or search (stochastic first map, then pose searches)")
     parser.add_argument("--box", type=int, metavar="L", help="working box size in pixels (Fourier cropping; even; default: the image size)")
     parser.add_argument("--max-minutes", type=float, default=d.max_minutes, metavar="T", help=f"time budget for pose inference (default {d.max_minutes:g})")
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--heads", type=int, default=d.heads, help=f"cryoSPIN encoder heads (default {d.heads})")
     parser.add_argument("--switch-after", type=float, metavar="MIN", help="force the switch to per-particle poses after MIN minutes (default: automatic)")
     parser.add_argument("--pose-steps", type=int, default=d.pose_steps, help="pose updates per volume update when auto-decoding")
+    parser.add_argument("--first-map-batches", type=int, default=d.first_map_batches, help=f"search: batches of the stochastic first map (default {d.first_map_batches})")
     parser.add_argument("--invert", action="store_true", help="particles are white on a dark background")
     parser.add_argument("--phase-flip", action="store_true", help="phase-flip the images first (off by default)")
     parser.add_argument("--seed", type=int, default=0)
@@ -57,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
     settings = ReconstructionSettings(
         method=args.method, batch_size=args.batch_size, max_minutes=args.max_minutes, heads=args.heads,
         switch_after=args.switch_after, pose_steps=args.pose_steps, seed=args.seed,
-        checkpoint_minutes=args.checkpoint_minutes, map_minutes=args.map_minutes,
+        checkpoint_minutes=args.checkpoint_minutes, map_minutes=args.map_minutes, first_map_batches=args.first_map_batches,
     )
     data = ParticleData(args.particles, box=args.box, invert=args.invert, phase_flip=args.phase_flip)
     for warning in data.warnings:

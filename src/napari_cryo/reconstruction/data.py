@@ -21,6 +21,8 @@ circular mask.
 
 from __future__ import annotations
 
+import copy
+
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -398,6 +400,24 @@ class ParticleData:
             if self.ctf is None:
                 raise CryoInputError(self.star_path, "phase flipping needs the CTF columns, which the file lacks")
             self._ctf_fn = ctf_fn if ctf_fn is not None else _physics_ctf()
+
+    def at_box(self, box: int) -> ParticleData:
+        """The same particles and options at another working box (sharing the open stacks).
+
+        Parameters
+        ----------
+        box : int
+            Even, at most the image size.
+
+        Returns
+        -------
+        ParticleData
+        """
+        other = copy.copy(self)
+        other.box = self._check_box(box)
+        other._mask = soft_circular_mask(other.box, self.mask_radius * other.box / 2)
+        other.pixel_size = self.original_pixel_size * self.original_box / other.box
+        return other
 
     # -- checks done once, before any image is read -------------------------
 

@@ -270,7 +270,7 @@ def ctf_2d(
 def _as_float_tensor(x: Tensor | np.ndarray) -> Tensor:
     if isinstance(x, Tensor):
         return x if x.dtype in (torch.float32, torch.float64) else x.float()
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    return torch.from_numpy(np.array(x, dtype=np.float32))  # a copy: memory-mapped maps are read-only
 
 
 def _check_box(size: int, what: str) -> None:

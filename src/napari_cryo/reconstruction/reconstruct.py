@@ -49,7 +49,7 @@ from ..io.atomic import atomic_path
 from ..tasks import Progress
 from .models import FourierNet, PoseEncoder, VoxelVolume, rotation_from_6d, rotation_to_6d
 
-METHODS = ("cryospin", "cryoai")
+METHODS = ("cryospin", "cryoai", "search")
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -64,8 +64,10 @@ class ReconstructionSettings:
     Attributes
     ----------
     method : str
-        ``"cryospin"`` (multi-head encoder, voxel decoder, then auto-decoding)
-        or ``"cryoai"`` (one head, FourierNet, symmetrised loss).
+        ``"cryospin"`` (multi-head encoder, voxel decoder, then auto-decoding),
+        ``"cryoai"`` (one head, FourierNet, symmetrised loss) or ``"search"``
+        (a stochastic first map, then global and local pose searches by
+        half-sets; see :mod:`.refine`).
     batch_size : int
         Images per step.
     max_minutes : float
@@ -88,6 +90,8 @@ class ReconstructionSettings:
         How often to checkpoint and to write an intermediate map.
     seed : int
         Random seed.
+    first_map_batches : int
+        ``search``: batches of the stochastic first map (fewer for small data sets).
     """
 
     method: str = "cryospin"
@@ -106,6 +110,7 @@ class ReconstructionSettings:
     checkpoint_minutes: float = 2.0
     map_minutes: float = 3.0
     seed: int = 0
+    first_map_batches: int = 100
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -300,7 +305,7 @@ def _write_progress(out_dir: Path | None, row: dict[str, Any]) -> None:
     path = out_dir / "progress.csv"
     new = not path.exists()
     with open(path, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["elapsed_s", "phase", "epoch", "loss", "pose_change_deg", "map"])
+        writer = csv.DictWriter(fh, fieldnames=["elapsed_s", "phase", "epoch", "loss", "pose_change_deg", "map", "resolution_A"])
         if new:
             writer.writeheader()
         writer.writerow({k: row.get(k, "") for k in writer.fieldnames})
@@ -351,6 +356,27 @@ def _volume_from_poses(run: _Run, data) -> Generator[Progress, None, None]:
         numerator, weights = yield from accumulate(data, rows, rotations, run.shifts.numpy())
         volumes.append(wiener(numerator, weights, 0.05 * float(weights.mean())))
     run.use_half_volumes(volumes)
+
+
+def start_or_resume(out: Path | None, key: str, resume: bool, device: torch.device | str = "cpu") -> dict[str, Any] | None:
+    """The checkpoint to continue from (``resume``), else None after clearing an old ``progress.csv``.
+
+    Raises
+    ------
+    CryoInputError
+        If the checkpoint cannot be read or belongs to another run (``key``).
+    """
+    if resume and out is not None and (out / CHECKPOINT).exists():
+        try:
+            state = torch.load(out / CHECKPOINT, map_location=device, weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - a damaged checkpoint is reported, not silently dropped
+            raise CryoInputError(out / CHECKPOINT, f"cannot be read to resume ({type(exc).__name__})") from None
+        if state.get("key") != key:
+            raise CryoInputError(out / CHECKPOINT, "belongs to other particles or settings; start without --resume or use another --out")
+        return state
+    if out is not None and (out / "progress.csv").exists():
+        (out / "progress.csv").unlink()
+    return None
 
 
 def _check_finite(loss: torch.Tensor, run: _Run, out: Path | None) -> None:
@@ -412,19 +438,16 @@ def reconstruct(
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+    if settings.method == "search":
+        from .refine import run_search
+
+        return (yield from run_search(data, settings, out, resume, device, stop, pause, _run_key(data, settings)))
     run = _Run(data, settings, device)
     run.key = _run_key(data, settings)
-    if resume and out is not None and (out / CHECKPOINT).exists():
-        try:
-            state = torch.load(out / CHECKPOINT, map_location=device, weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - a damaged checkpoint is reported, not silently dropped
-            raise CryoInputError(out / CHECKPOINT, f"cannot be read to resume ({type(exc).__name__})") from None
-        if state.get("key") != run.key:
-            raise CryoInputError(out / CHECKPOINT, "belongs to other particles or settings; start without --resume or use another --out")
+    state = start_or_resume(out, run.key, resume, device)
+    if state is not None:
         run.load(state)
         yield Progress(0, None, f"resumed: {run.phase}, epoch {run.epoch}, {run.elapsed / 60:.1f} min done")
-    elif out is not None and (out / "progress.csv").exists():
-        (out / "progress.csv").unlink()
 
     budget = settings.max_minutes * 60.0
     start = time.perf_counter() - run.elapsed

@@ -1,0 +1,224 @@
+"""From a first map to poses and a gold-standard map: global search, then local refinement by half-sets.
+
+One round: every particle's pose is searched against its own half-set's map
+(:func:`~.search.global_search`: the whole grid in the first round, a local
+search around the current pose afterwards, down to a step matched to the
+band); then both half maps are reconstructed from the new poses
+(:func:`~.backproject.reconstruct_halves`).  The band compared grows to the
+resolution the half maps reach (FSC 0.143), so the half-sets never see each
+other's noise and the resolution reported at the end is honest.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import CryoInputError
+from ..io.atomic import atomic_path
+from ..io.mrc import write_mrc
+from ..tasks import Progress
+from .backproject import HalfMaps, reconstruct_halves
+from .physics import fourier_crop_volume
+from .poses import rotation_angles
+from .search import SearchSettings, global_search
+from .stochastic import StochasticSettings, stochastic_map
+
+
+@dataclass
+class RefineSettings:
+    """Schedule of the refinement (defaults are the benchmarked ones).
+
+    Attributes
+    ----------
+    start_radius : float
+        Band of the first global round, pixels of frequency.
+    coarse_degrees : float
+        Grid of the global rounds.
+    global_rounds : int
+        At most this many global rounds (each against the half maps of the last).
+    global_radius : float
+        Largest band of a global round (a wider band costs more and the
+        coarse grid is too sparse for it anyway).
+    global_converged : float
+        Go local once the median pose change of a global round is below this (degrees).
+    angular_scale : float
+        Finest step = ``angular_scale / radius`` degrees (an arc of about half
+        a pixel at the band's edge), at least ``min_degrees``.
+    min_degrees : float
+        The finest step at the full band.
+    max_shift : float
+        Largest origin searched, pixels.
+    converged_degrees : float
+        Stop when the median pose change of a local round at the full band is below this.
+    """
+
+    start_radius: float = 12.0
+    coarse_degrees: float = 15.0
+    global_rounds: int = 4
+    global_radius: float = 20.0
+    global_converged: float = 3.0
+    angular_scale: float = 30.0
+    min_degrees: float = 0.75
+    max_shift: float = 0.0
+    converged_degrees: float = 0.5
+
+
+def fine_step(radius: float, settings: RefineSettings) -> float:
+    """The finest angular step worth searching at a band of ``radius`` pixels of frequency."""
+    return max(settings.min_degrees, settings.angular_scale / max(radius, 1.0))
+
+
+def next_radius(halves: HalfMaps, pixel_size: float, box: int, radius: float, limit: float | None = None) -> float:
+    """The band for the next round: out to the half maps' FSC 0.143 (never narrower; at most ``limit`` and Nyquist)."""
+    res_px = halves.resolution / pixel_size if math.isfinite(halves.resolution) else float("inf")
+    top = box / 2 if limit is None else min(box / 2, limit)
+    return float(min(top, max(radius, box / res_px)))
+
+
+def search_round(data, maps: list[np.ndarray], rotations: np.ndarray | None, shifts: np.ndarray | None,
+                 radius: float, settings: RefineSettings, local: bool, seed: int = 0, device="cpu"):
+    """One round of pose search (a generator of Progress returning rotations, shifts, mean error).
+
+    ``maps``: one map for every particle, or the two half maps, each for
+    its own half-set.  Global rounds search the whole grid (keeping a
+    current pose that still fits better) down to a step of a quarter of the
+    grid; local rounds start at twice the finest step around the current poses.
+    """
+    fine = fine_step(radius, settings)
+    if local:
+        box = data.box or data.original_box
+        search = SearchSettings(coarse_degrees=0, fine_degrees=fine, local_degrees=2 * fine, max_shift=settings.max_shift,
+                                shift_step=box / (6 * radius))
+    else:
+        # A shift error δ costs a phase of 2π·δ·radius/box at the band's edge: the grid keeps it near π/3.
+        box = data.box or data.original_box
+        search = SearchSettings(coarse_degrees=settings.coarse_degrees, fine_degrees=max(fine, settings.coarse_degrees / 4),
+                                max_shift=settings.max_shift, shift_step=box / (3 * radius))
+    n = len(data)
+    new_rot = np.empty((n, 3, 3), dtype=np.float32) if rotations is None else rotations.copy()
+    new_shift = np.zeros((n, 2), dtype=np.float32) if shifts is None else shifts.copy()
+    errors = np.empty(n, dtype=np.float32)
+    previous = None if rotations is None else (rotations, shifts)
+    parts = [np.arange(n)] if len(maps) == 1 else list(data.half_sets(seed))
+    for rows, volume in zip(parts, maps):
+        rot, sh, err = yield from global_search(data, volume, radius, search, rows=rows, previous=previous, device=device)
+        new_rot[rows], new_shift[rows], errors[rows] = rot, sh, err
+    return new_rot, new_shift, float(np.mean(errors))
+
+
+def half_maps(data, rotations: np.ndarray, shifts: np.ndarray, seed: int = 0):
+    """Both half maps and their FSC from poses (a generator of Progress returning :class:`~.backproject.HalfMaps`)."""
+    return (yield from reconstruct_halves(data, rotations, shifts, seed=seed))
+
+
+# -- the "search" method of :func:`~.reconstruct.reconstruct`
+
+
+def run_search(data, settings, out, resume: bool, device, stop, pause, key: str):
+    """The ``search`` method: a stochastic first map, a global search, then local rounds by half-sets.
+
+    A generator with the contract of :func:`~.reconstruct.reconstruct`
+    (Progress, one dict per round, MapUpdate; returns the result, or None
+    when paused).  Checkpoints after the first map and after every round;
+    an interruption during the first map restarts it.
+    """
+    # reconstruct.py imports this module when the search method runs; importing it back here avoids a cycle.
+    from .reconstruct import CHECKPOINT, MapUpdate, ReconstructionResult, _write_progress, start_or_resume
+
+    box = data.box or data.original_box
+    refine = RefineSettings(max_shift=settings.max_shift * box)
+    state = {"key": key, "phase": "first map", "round": 0, "elapsed": 0.0, "history": [], "maps": [],
+             "volume": None, "rotations": None, "shifts": None, "radius": refine.start_radius}
+    saved = start_or_resume(out, key, resume)
+    if saved is not None:
+        state.update(saved)
+        yield Progress(0, None, f"resumed: {state['phase']}, round {state['round']}, {state['elapsed'] / 60:.1f} min done")
+
+    budget = settings.max_minutes * 60.0
+    start = time.perf_counter() - state["elapsed"]
+
+    def clock() -> float:
+        return time.perf_counter() - start
+
+    def interrupted() -> bool:
+        return clock() >= budget or (stop is not None and stop()) or (pause is not None and pause())
+
+    def save() -> None:
+        state["elapsed"] = clock()
+        if out is not None:
+            with atomic_path(out / CHECKPOINT, overwrite=True) as tmp:
+                torch.save(state, tmp)
+
+    def emit(volume: np.ndarray, label: str, rotations: np.ndarray | None) -> MapUpdate:
+        path = None
+        if out is not None:
+            path = out / f"intermediate_{len(state['maps']) + 1:03d}.mrc"
+            write_mrc(path, volume, data.pixel_size, overwrite=True)
+            state["maps"].append(path.name)
+        return MapUpdate(volume, data.pixel_size, label, path, rotations, clock())
+
+    def record(loss: float, change: float, resolution: float, update: MapUpdate) -> dict:
+        row = {"epoch": state["round"], "phase": state["phase"], "loss": loss, "pose_change_deg": change,
+               "resolution_A": round(resolution, 3), "elapsed_s": round(clock(), 1)}
+        state["history"].append(row)
+        _write_progress(out, {**row, "map": update.path.name if update.path else ""})
+        return row
+
+    if state["phase"] == "first map":
+        small = data.at_box(min(box, StochasticSettings.box))
+        stochastic = StochasticSettings(box=small.box, batches=settings.first_map_batches)
+        volume, _ = yield from stochastic_map(small, stochastic, seed=settings.seed, stop=interrupted, device=device)
+        if pause is not None and pause():
+            return None
+        state["volume"] = fourier_crop_volume(volume, box).numpy() if small.box != box else volume
+        update = emit(state["volume"], "first map (stochastic search)", None)
+        yield update
+        yield record(float("nan"), float("nan"), float("nan"), update)
+        state["phase"] = "global search"
+        save()
+
+    halves = None
+    while state["phase"] != "done":
+        if state["rotations"] is not None and halves is None:
+            halves = yield from half_maps(data, state["rotations"], state["shifts"], settings.seed)
+        if interrupted() and state["rotations"] is not None:
+            break
+        if state["rotations"] is None:
+            radius = refine.start_radius
+            rot, sh, loss = yield from search_round(data, [state["volume"]], None, None, radius, refine, False, settings.seed, device)
+            change = float("nan")
+        else:
+            local = state["phase"] == "local search"
+            radius = next_radius(halves, data.pixel_size, box, state["radius"], None if local else refine.global_radius)
+            rot, sh, loss = yield from search_round(data, [halves.half1, halves.half2], state["rotations"], state["shifts"],
+                                                    radius, refine, local, settings.seed, device)
+            change = float(np.median(rotation_angles(state["rotations"], rot)))
+        if pause is not None and pause():
+            save()
+            return None
+        state["rotations"], state["shifts"], state["radius"] = rot, sh, radius
+        state["round"] += 1
+        halves = yield from half_maps(data, rot, sh, settings.seed)
+        update = emit(halves.volume, f"round {state['round']} ({state['phase']}, band {radius:.0f} px)", rot)
+        yield update
+        yield record(loss, change, halves.resolution, update)
+        global_rounds = sum(1 for r in state["history"] if r["phase"] == "global search")
+        if state["phase"] == "global search" and (global_rounds >= refine.global_rounds or change < refine.global_converged):
+            state["phase"] = "local search"
+        elif state["phase"] == "local search" and radius >= box / 2 and change < refine.converged_degrees:
+            state["phase"] = "done"
+        save()
+    if pause is not None and pause():
+        save()
+        return None
+    if halves is None:  # out of time before any search: poses are unknown
+        raise CryoInputError(None, "the time budget ended before the first pose search; give the run more minutes (--max-minutes)")
+    return ReconstructionResult(
+        volume=halves.volume, half1=halves.half1, half2=halves.half2, pixel_size=data.pixel_size,
+        rotations=state["rotations"], shifts=state["shifts"], fsc=halves.fsc, resolution=halves.resolution, history=state["history"],
+    )

@@ -1,0 +1,165 @@
+"""A first map from nothing: stochastic expectation-maximisation over a grid of poses.
+
+Hard pose assignments against a featureless start lock in noise (the map
+explains the noise it was built from).  So the first map comes from soft
+assignments on small random batches, as in the stochastic initial-model
+methods of RELION and cryoSPARC:
+
+* each batch is compared with projections of the current map on a global
+  grid of rotations (:func:`~.search.rotation_grid`), at a low working box
+  and over a frequency band that widens from batch to batch;
+* each image is back-projected at its ``top_k`` best rotations, weighted by
+  their posterior probabilities, with the log-likelihood tempered by
+  ``beta`` (a cold start would freeze on the first accidental match);
+* the running sums forget old batches, remembering about ``memory``
+  particles, so early mistakes fade as the map improves.
+
+The result is a low-resolution map; :mod:`.refine` takes it to full
+resolution with hard assignments and local searches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..tasks import Progress
+from .physics import ctf_2d, fourier_to_volume_full, insert_slices, insert_weights
+from .search import _Band, _batch_ctf, _errors, band_volume, rotation_grid
+
+
+@dataclass
+class StochasticSettings:
+    """Schedule of the stochastic stage (defaults are the benchmarked ones).
+
+    Attributes
+    ----------
+    box : int
+        Working box (pixels) the images are Fourier-cropped to.
+    batch_size, batches : int
+        Images per batch, and number of batches.
+    radius_start, radius_end : float
+        Band compared, pixels of frequency at the full box (the same
+        frequencies at any box), growing linearly over the batches.
+    grid_degrees : float
+        Spacing of the rotation grid.
+    top_k : int
+        Rotations each image is back-projected at.
+    beta : float
+        Tempering of the log-likelihood (1: the plain posterior).
+    memory_start, memory_end : float
+        Particles remembered by the running sums, growing over the batches.
+    """
+
+    box: int = 32
+    batch_size: int = 256
+    batches: int = 100
+    radius_start: float = 4.0
+    radius_end: float = 12.0
+    grid_degrees: float = 15.0
+    top_k: int = 8
+    beta: float = 0.2
+    memory_start: float = 1000.0
+    memory_end: float = 5000.0
+
+
+def _regularised(numerator: torch.Tensor, weights: torch.Tensor) -> np.ndarray:
+    """The map from the running sums, with a Wiener constant of 5 % of the mean weight."""
+    return fourier_to_volume_full(numerator / (weights + 0.05 * float(weights.mean()))).numpy().astype(np.float32)
+
+
+@torch.no_grad()
+def stochastic_map(
+    data,
+    settings: StochasticSettings | None = None,
+    seed: int = 0,
+    stop: Callable[[], bool] | None = None,
+    device: torch.device | str = "cpu",
+) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
+    """A low-resolution map of the particles, with no reference.
+
+    Parameters
+    ----------
+    data : ParticleData
+        The particles, cropped to ``settings.box`` (see :class:`~.data.ParticleData`).
+    settings : StochasticSettings, optional
+        Schedule.
+    seed : int
+        Chooses the batches and the random start.
+    stop : callable, optional
+        Polled every batch; ends the stage early when it returns True.
+    device : torch.device or str
+        Where to compute.
+
+    Yields
+    ------
+    Progress
+
+    Returns
+    -------
+    volume : numpy.ndarray
+        (box, box, box) map at ``data.pixel_size``.
+    rotations : numpy.ndarray
+        (N, 3, 3) each particle's most probable rotation when last seen
+        (identity for particles never drawn).
+    """
+    s = settings or StochasticSettings()
+    device = torch.device(device)
+    box = data.box or data.original_box
+    n = len(data)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    grid = torch.as_tensor(rotation_grid(s.grid_degrees), device=device)
+    numerator = torch.zeros((box, box, box), dtype=torch.complex64, device=device)
+    weights = torch.zeros((box, box, box), dtype=torch.float32, device=device)
+    rotations = np.tile(np.eye(3, dtype=np.float32), (n, 1, 1))
+    batch_size = min(s.batch_size, n)
+    # The start: one batch back-projected at random rotations (a blob with a little structure).
+    first = data.batch(rng.choice(n, batch_size, replace=False))
+    ctf = _full_ctf(data, first, box, device)
+    start_rot = grid[torch.randint(len(grid), (batch_size,), generator=gen).to(device)]
+    num, _ = insert_slices(torch.fft.rfft2(first.images.to(device)) * ctf, start_rot, box)
+    numerator += num
+    weights += insert_weights(ctf**2, start_rot, box)
+    for b in range(s.batches):
+        if stop is not None and stop():
+            break
+        frac = b / max(1, s.batches - 1)
+        band = _Band(box, s.radius_start + (s.radius_end - s.radius_start) * frac, device)
+        volume_ft = band_volume(_regularised(numerator, weights), band).to(device)
+        proj = torch.cat([band.project(volume_ft, g) for g in grid.split(2048)])
+        proj_power = proj.real**2 + proj.imag**2
+        rows = rng.choice(n, batch_size, replace=False)
+        batch = data.batch(rows)
+        spectra = torch.fft.rfft2(batch.images.to(device))
+        taken = band.take(spectra)
+        ctf_w, ctf2_w = _batch_ctf(data, batch, box, band, device)
+        power = ((taken.real**2 + taken.imag**2) * band.weight).sum(-1)
+        err = _errors(taken, ctf_w, ctf2_w, proj, proj_power, power)
+        best = err.min(dim=1, keepdim=True).values
+        # Noise power per coefficient from the best fit: the residual is noise plus model error,
+        # so the posterior is, if anything, too broad (safe early on).
+        sigma2 = (best / band.weight.sum()).clamp_min(1e-20)
+        loglik = -(err - best) / (2 * sigma2) * s.beta
+        top, which = loglik.topk(min(s.top_k, len(grid)), dim=1)
+        prob = torch.softmax(top, dim=1)
+        ctf = _full_ctf(data, batch, box, device)
+        rot = grid[which].reshape(-1, 3, 3)
+        num, _ = insert_slices(((spectra * ctf)[:, None] * prob[..., None, None]).reshape(-1, box, box // 2 + 1), rot, box)
+        wts = insert_weights(((ctf**2)[:, None] * prob[..., None, None]).reshape(-1, box, box // 2 + 1), rot, box)
+        memory = s.memory_start + (s.memory_end - s.memory_start) * frac
+        keep = max(0.0, 1.0 - batch_size / memory)
+        numerator = keep * numerator + num
+        weights = keep * weights + wts
+        rotations[rows] = grid[which[:, 0]].cpu().numpy()
+        yield Progress(b + 1, s.batches, "first map (stochastic search)")
+    return _regularised(numerator, weights), rotations
+
+
+def _full_ctf(data, batch, box: int, device) -> torch.Tensor:
+    if batch.ctf is None:
+        return torch.ones(len(batch.indices), box, box // 2 + 1, device=device)
+    return ctf_2d(batch.ctf, box, data.pixel_size).to(device)

@@ -1,0 +1,190 @@
+"""Pose search, the stochastic first map and the ``search`` method of reconstruct."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import starfile
+import torch
+
+from napari_cryo.cli import main
+from napari_cryo.geometry import euler_to_matrix
+from napari_cryo.io.mrc import read_mrc
+from napari_cryo.reconstruction.poses import rotation_angles
+from napari_cryo.reconstruction.search import (
+    SearchSettings,
+    global_search,
+    local_offsets,
+    rotation_grid,
+    shift_grid,
+)
+from napari_cryo.tasks import drain
+
+
+@pytest.fixture(autouse=True)
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def dataset(testdata, tmp_path_factory) -> Path:
+    """800 particles of 32 px (8 Å/px) from the real hand-vol map, SNR 1, origins of about 1 px."""
+    out = tmp_path_factory.mktemp("search") / "set"
+    code = main(["simulate", "particles", str(testdata / "particles" / "hand-vol.mrc"), "--pixel-size", "4",
+                 "--n", "800", "--box", "32", "--snr", "1.0", "--shift-sigma", "8", "--out", str(out), "--device", "cpu",
+                 "--seed", "3"])
+    assert code == 0
+    return out
+
+
+def _truth(dataset: Path, pixel_size: float):
+    gt = starfile.read(dataset / "ground_truth.star")["particles"]
+    rot = euler_to_matrix(gt[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy()).astype(np.float32)
+    shifts = (gt[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy() / pixel_size).astype(np.float32)
+    return rot, shifts
+
+
+def test_rotation_grid_covers_so3_at_its_spacing():
+    grid = rotation_grid(20.0)
+    step = math.radians(20.0)
+    assert len(grid) == math.ceil(4 * math.pi / step**2) * math.ceil(2 * math.pi / step)
+    np.testing.assert_allclose(np.einsum("nij,nkj->nik", grid, grid), np.broadcast_to(np.eye(3), grid.shape), atol=1e-5)
+    probes = euler_to_matrix(np.random.default_rng(0).uniform([-180, 0, -180], [180, 180, 180], (200, 3)))
+    nearest = [rotation_angles(np.broadcast_to(p, grid.shape), grid).min() for p in probes]
+    assert max(nearest) < 20.0 and np.median(nearest) < 12.0
+
+
+def test_shift_grid_and_local_offsets():
+    xy = shift_grid(2.0, 1.0)
+    assert [0.0, 0.0] in xy.tolist() and np.hypot(xy[:, 0], xy[:, 1]).max() <= 2.0 and len(xy) == 13
+    assert shift_grid(0.0, 1.0).tolist() == [[0.0, 0.0]]
+    off = local_offsets(4.0).numpy()
+    angles = np.sort(rotation_angles(np.broadcast_to(np.eye(3), off.shape), off))
+    assert len(off) == 27 and angles[0] == pytest.approx(0.0, abs=1e-3)
+    np.testing.assert_allclose(np.unique(np.round(angles, 2)), [0.0, 4.0, round(4 * math.sqrt(2), 2), round(4 * math.sqrt(3), 2)], atol=0.02)
+
+
+def test_global_search_finds_poses_and_origins_against_the_true_map(dataset):
+    from napari_cryo.reconstruction.data import ParticleData
+
+    data = ParticleData(dataset / "particles.star")
+    truth, origins = _truth(dataset, data.pixel_size)
+    ref, _ = read_mrc(dataset / "ground_truth_map.mrc")
+    rows = np.arange(120)
+    settings = SearchSettings(coarse_degrees=15, fine_degrees=2.0, max_shift=3.0, shift_step=1.0)
+    (rot, shifts, err), items = drain(global_search(data, np.asarray(ref), 14, settings, rows=rows))
+    assert items[-1].done == 120
+    errors = rotation_angles(truth[rows], rot)
+    assert np.median(errors) < 5.0, np.sort(errors)
+    good = errors < 10
+    assert np.median(np.linalg.norm(shifts[good] - origins[rows][good], axis=1)) < 0.6
+    assert np.all((err > 0) & (err < 1))  # the unexplained fraction of the band's power
+    # A pose held already is kept where it fits better than what a coarse search finds.
+    coarse = SearchSettings(coarse_degrees=30, fine_degrees=8)
+    (rot_a, _, err_a), _ = drain(global_search(data, np.asarray(ref), 14, coarse, rows=rows))
+    (rot_b, _, err_b), _ = drain(global_search(data, np.asarray(ref), 14, coarse, rows=rows, previous=(truth, origins)))
+    assert np.all(err_b <= err_a + 1e-6)
+    assert np.median(rotation_angles(truth[rows], rot_b)) < np.median(rotation_angles(truth[rows], rot_a))
+
+
+def test_local_search_refines_perturbed_poses(dataset):
+    from napari_cryo.reconstruction.data import ParticleData
+    from napari_cryo.reconstruction.search import _axis_angle
+
+    data = ParticleData(dataset / "particles.star")
+    truth, origins = _truth(dataset, data.pixel_size)
+    ref, _ = read_mrc(dataset / "ground_truth_map.mrc")
+    rows = np.arange(80)
+    kick = _axis_angle(torch.as_tensor(np.random.default_rng(1).normal(size=(80, 3)), dtype=torch.float32)
+                       / math.sqrt(3) * math.radians(15)).numpy()
+    start = truth.copy()
+    start[rows] = truth[rows] @ kick
+    before = np.median(rotation_angles(truth[rows], start[rows]))
+    settings = SearchSettings(coarse_degrees=0, local_degrees=8, fine_degrees=1.5, max_shift=3.0, shift_step=1.0)
+    (rot, _, _), _ = drain(global_search(data, np.asarray(ref), 16, settings, rows=rows, previous=(start, origins)))
+    after = np.median(rotation_angles(truth[rows], rot))
+    assert after < 5.0 and after < 0.4 * before, (before, after)
+
+
+def test_stochastic_first_map_resembles_the_particle(dataset):
+    from napari_cryo.reconstruction.data import ParticleData
+    from napari_cryo.reconstruction.fsc import align_maps, fsc
+    from napari_cryo.reconstruction.physics import fourier_crop_volume
+    from napari_cryo.reconstruction.stochastic import StochasticSettings, stochastic_map
+
+    data = ParticleData(dataset / "particles.star").at_box(16)
+    assert data.box == 16 and data.pixel_size == pytest.approx(16.0) and data.image_mask.shape == (16, 16)
+    ref, _ = read_mrc(dataset / "ground_truth_map.mrc")
+    ref16 = fourier_crop_volume(np.asarray(ref), 16).numpy()
+    settings = StochasticSettings(box=16, batch_size=100, batches=40, radius_start=3, radius_end=6, memory_start=300, memory_end=800)
+    (volume, rotations), items = drain(stochastic_map(data, settings, seed=0))
+    assert volume.shape == (16, 16, 16) and np.all(np.isfinite(volume)) and items[-1].done == 40
+    aligned = align_maps(ref16, volume, data.pixel_size)
+    first = fsc(aligned.aligned, ref16, data.pixel_size)
+    # Against a featureless start (a sphere of the particle's radial profile) the first map is far closer to the truth.
+    z, y, x = np.mgrid[:16, :16, :16] - 8
+    r = np.sqrt(x**2 + y**2 + z**2).round().astype(int)
+    blob = (np.bincount(r.ravel(), ref16.ravel()) / np.bincount(r.ravel()))[r].astype(np.float32)
+    sphere = fsc(align_maps(ref16, blob, data.pixel_size).aligned, ref16, data.pixel_size)
+    assert first.resolution_px(0.5) < sphere.resolution_px(0.5)
+    assert first.resolution_px(0.5) < 5.0, first.fsc
+
+
+def test_search_method_end_to_end(dataset, tmp_path, capsys):
+    from napari_cryo.reconstruction.backproject import reconstruct_halves
+    from napari_cryo.reconstruction.data import ParticleData
+    from napari_cryo.reconstruction.fsc import align_maps, fsc, uniform_rotations
+
+    out = tmp_path / "search"
+    code = main(["reconstruct", str(dataset / "particles.star"), "--out", str(out), "--method", "search",
+                 "--max-minutes", "1.0", "--first-map-batches", "30", "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    for name in ("volume.mrc", "half1.mrc", "half2.mrc", "poses.star", "progress.csv", "fsc.png", "directions.png"):
+        assert (out / name).exists(), name
+    table = starfile.read(out / "poses.star")["particles"]
+    assert len(table) == 800 and {"rlnAngleRot", "rlnOriginXAngst"} <= set(table.columns)
+    rows = (out / "progress.csv").read_text().splitlines()
+    assert rows[0] == "elapsed_s,phase,epoch,loss,pose_change_deg,map,resolution_A"
+    phases = [r.split(",")[1] for r in rows[1:]]
+    assert phases[0] == "first map" and "global search" in phases
+    assert all(r.split(",")[5].startswith("intermediate_") for r in rows[1:])
+    # The map is far closer to the truth than one back-projected at random poses.
+    ref = np.asarray(read_mrc(dataset / "ground_truth_map.mrc")[0])
+    volume = np.asarray(read_mrc(out / "volume.mrc")[0])
+    data = ParticleData(dataset / "particles.star")
+    random_map, _ = drain(reconstruct_halves(data, uniform_rotations(800).astype(np.float32), np.zeros((800, 2), np.float32)))
+    found = fsc(align_maps(ref, volume, 8.0).aligned, ref, 8.0).resolution_px(0.5)
+    chance = fsc(align_maps(ref, random_map.volume, 8.0).aligned, ref, 8.0).resolution_px(0.5)
+    assert found < 4.0 and found < 0.25 * chance, (found, chance)
+
+
+def test_search_method_pauses_and_resumes(dataset, tmp_path):
+    from napari_cryo.reconstruction.data import ParticleData
+    from napari_cryo.reconstruction.reconstruct import CHECKPOINT, ReconstructionSettings, reconstruct
+
+    data = ParticleData(dataset / "particles.star")
+    settings = ReconstructionSettings(method="search", max_minutes=1.0, first_map_batches=20)
+    seen = {"rounds": 0}
+
+    def pause() -> bool:
+        return seen["rounds"] >= 2
+
+    def count(item):
+        if isinstance(item, dict):
+            seen["rounds"] += 1
+
+    result, _ = drain(reconstruct(data, settings, tmp_path, pause=pause), count)
+    assert result is None and (tmp_path / CHECKPOINT).exists()
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    assert state["phase"] in ("global search", "local search") and state["rotations"] is not None
+    done = state["round"]
+    result, items = drain(reconstruct(data, settings, tmp_path, resume=True))
+    assert str(items[0].message).startswith("resumed")
+    rounds = [i["epoch"] for i in items if isinstance(i, dict)]
+    assert rounds and min(rounds) == done + 1 and result.rotations.shape == (800, 3, 3)
