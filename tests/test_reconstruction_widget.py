@@ -56,6 +56,25 @@ def test_run_pause_resume_stop(make_napari_viewer, qtbot, dataset, tmp_path):
     assert np.isfinite(widget.result.resolution) or widget.result.resolution == float("inf")
 
 
+def test_search_method_in_the_widget(make_napari_viewer, qtbot, dataset, tmp_path):
+    """The search method runs from the widget: first map, a search round, the final map as a 3D layer."""
+    from napari_cryo.reconstruction._widget import ReconstructionWidget
+
+    viewer = make_napari_viewer()
+    widget = ReconstructionWidget(viewer)
+    widget._star.value = dataset / "particles.star"
+    widget._method.value = "search"
+    widget._minutes.value = 0.4  # the first map is cut short by the budget, then one global search
+    widget._out.value = tmp_path / "search"
+    worker = widget.start()
+    _wait(qtbot, worker)
+    assert widget.result is not None and widget.result.rotations.shape == (300, 3, 3)
+    phases = [h["phase"] for h in widget.history]
+    assert phases[0] == "first map" and "global search" in phases
+    assert viewer.layers["reconstruction"].data.shape == (32, 32, 32)
+    assert (tmp_path / "search" / "volume.mrc").exists()
+
+
 def test_bad_input_is_a_notification(make_napari_viewer, tmp_path, monkeypatch):
     import napari.utils.notifications as notifications
 
