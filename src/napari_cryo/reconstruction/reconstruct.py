@@ -293,10 +293,27 @@ def _run_key(data, settings: ReconstructionSettings) -> str:
 
 
 def _save_checkpoint(run: _Run, out_dir: Path | None) -> None:
+    save_state(out_dir, run.state())
+
+
+def save_state(out_dir: Path | None, state: dict[str, Any]) -> None:
+    """Write a run's checkpoint atomically (nothing without an output folder)."""
     if out_dir is None:
         return
     with atomic_path(out_dir / CHECKPOINT, overwrite=True) as tmp:
-        torch.save(run.state(), tmp)
+        torch.save(state, tmp)
+
+
+def write_intermediate(out_dir: Path | None, written: list[str], volume: np.ndarray, pixel_size: float) -> Path | None:
+    """Write the next ``intermediate_NNN.mrc`` and add its name to ``written`` (nothing without an output folder)."""
+    if out_dir is None:
+        return None
+    from ..io.mrc import write_mrc
+
+    path = out_dir / f"intermediate_{len(written) + 1:03d}.mrc"
+    write_mrc(path, volume, pixel_size, overwrite=True)
+    written.append(path.name)
+    return path
 
 
 def _write_progress(out_dir: Path | None, row: dict[str, Any]) -> None:
@@ -430,7 +447,6 @@ def reconstruct(
     ReconstructionResult or None
         None when paused.
     """
-    from ..io.mrc import write_mrc
     from .backproject import reconstruct_halves
 
     settings = settings or ReconstructionSettings()
@@ -461,11 +477,7 @@ def reconstruct(
 
     def emit_map(label: str) -> MapUpdate:
         volume = run.current_volume().cpu().numpy()
-        path = None
-        if out is not None:
-            path = out / f"intermediate_{len(run.maps_written) + 1:03d}.mrc"
-            write_mrc(path, volume, data.pixel_size, overwrite=True)
-            run.maps_written.append(path.name)
+        path = write_intermediate(out, run.maps_written, volume, data.pixel_size)
         return MapUpdate(volume, data.pixel_size, label, path, rotation_from_6d(run.rot6d).numpy(), clock())
 
     try:

@@ -16,11 +16,8 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ..errors import CryoInputError
-from ..io.atomic import atomic_path
-from ..io.mrc import write_mrc
 from ..tasks import Progress
 from .backproject import HalfMaps, reconstruct_halves
 from .physics import fourier_crop_volume
@@ -90,13 +87,12 @@ def search_round(data, maps: list[np.ndarray], rotations: np.ndarray | None, shi
     grid; local rounds start at twice the finest step around the current poses.
     """
     fine = fine_step(radius, settings)
+    box = data.box or data.original_box
     if local:
-        box = data.box or data.original_box
         search = SearchSettings(coarse_degrees=0, fine_degrees=fine, local_degrees=2 * fine, max_shift=settings.max_shift,
                                 shift_step=box / (6 * radius))
     else:
         # A shift error δ costs a phase of 2π·δ·radius/box at the band's edge: the grid keeps it near π/3.
-        box = data.box or data.original_box
         search = SearchSettings(coarse_degrees=settings.coarse_degrees, fine_degrees=max(fine, settings.coarse_degrees / 4),
                                 max_shift=settings.max_shift, shift_step=box / (3 * radius))
     n = len(data)
@@ -111,11 +107,6 @@ def search_round(data, maps: list[np.ndarray], rotations: np.ndarray | None, shi
     return new_rot, new_shift, float(np.mean(errors))
 
 
-def half_maps(data, rotations: np.ndarray, shifts: np.ndarray, seed: int = 0):
-    """Both half maps and their FSC from poses (a generator of Progress returning :class:`~.backproject.HalfMaps`)."""
-    return (yield from reconstruct_halves(data, rotations, shifts, seed=seed))
-
-
 # -- the "search" method of :func:`~.reconstruct.reconstruct`
 
 
@@ -128,7 +119,7 @@ def run_search(data, settings, out, resume: bool, device, stop, pause, key: str)
     an interruption during the first map restarts it.
     """
     # reconstruct.py imports this module when the search method runs; importing it back here avoids a cycle.
-    from .reconstruct import CHECKPOINT, MapUpdate, ReconstructionResult, _write_progress, start_or_resume
+    from .reconstruct import MapUpdate, ReconstructionResult, _write_progress, save_state, start_or_resume, write_intermediate
 
     box = data.box or data.original_box
     refine = RefineSettings(max_shift=settings.max_shift * box)
@@ -150,16 +141,10 @@ def run_search(data, settings, out, resume: bool, device, stop, pause, key: str)
 
     def save() -> None:
         state["elapsed"] = clock()
-        if out is not None:
-            with atomic_path(out / CHECKPOINT, overwrite=True) as tmp:
-                torch.save(state, tmp)
+        save_state(out, state)
 
     def emit(volume: np.ndarray, label: str, rotations: np.ndarray | None) -> MapUpdate:
-        path = None
-        if out is not None:
-            path = out / f"intermediate_{len(state['maps']) + 1:03d}.mrc"
-            write_mrc(path, volume, data.pixel_size, overwrite=True)
-            state["maps"].append(path.name)
+        path = write_intermediate(out, state["maps"], volume, data.pixel_size)
         return MapUpdate(volume, data.pixel_size, label, path, rotations, clock())
 
     def record(loss: float, change: float, resolution: float, update: MapUpdate) -> dict:
@@ -185,7 +170,7 @@ def run_search(data, settings, out, resume: bool, device, stop, pause, key: str)
     halves = None
     while state["phase"] != "done":
         if state["rotations"] is not None and halves is None:
-            halves = yield from half_maps(data, state["rotations"], state["shifts"], settings.seed)
+            halves = yield from reconstruct_halves(data, state["rotations"], state["shifts"], seed=settings.seed)
         if interrupted() and state["rotations"] is not None:
             break
         if state["rotations"] is None:
@@ -203,7 +188,7 @@ def run_search(data, settings, out, resume: bool, device, stop, pause, key: str)
             return None
         state["rotations"], state["shifts"], state["radius"] = rot, sh, radius
         state["round"] += 1
-        halves = yield from half_maps(data, rot, sh, settings.seed)
+        halves = yield from reconstruct_halves(data, rot, sh, seed=settings.seed)
         update = emit(halves.volume, f"round {state['round']} ({state['phase']}, band {radius:.0f} px)", rot)
         yield update
         yield record(loss, change, halves.resolution, update)

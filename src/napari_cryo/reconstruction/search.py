@@ -171,11 +171,17 @@ def _errors(images: torch.Tensor, ctf_w: torch.Tensor, ctf2_w: torch.Tensor, pro
     return image_power[:, None] - cross.clamp_min(0) ** 2 / power
 
 
-def _batch_ctf(data, batch, box: int, band: _Band, device) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_ctf(data, batch, device) -> torch.Tensor:
+    """The CTF of a batch of particles on the rfft2 grid of the working box (ones without CTF columns)."""
+    box = data.box or data.original_box
     if batch.ctf is None:
-        c = torch.ones(len(batch.indices), len(band.index), device=device)
-    else:
-        c = band.take(ctf_2d(batch.ctf, box, data.pixel_size).to(device))
+        return torch.ones(len(batch.indices), box, box // 2 + 1, device=device)
+    return ctf_2d(batch.ctf, box, data.pixel_size).to(device)
+
+
+def _band_ctf(ctf: torch.Tensor, band: _Band) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CTF and CTF² in the band, times the band's weights."""
+    c = band.take(ctf)
     return c * band.weight, c**2 * band.weight
 
 
@@ -245,7 +251,7 @@ def global_search(
         idx = rows[start : start + settings.batch_size]
         batch = data.batch(idx)
         spectra = band.take(torch.fft.rfft2(batch.images.to(device)))
-        ctf_w, ctf2_w = _batch_ctf(data, batch, box, band, device)
+        ctf_w, ctf2_w = _band_ctf(batch_ctf(data, batch, device), band)
         m = len(idx)
         power = ((spectra.real**2 + spectra.imag**2) * band.weight).sum(-1)
         if coarse:

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from ..tasks import Progress
-from .physics import ctf_2d, fourier_to_volume_full, insert_slices, insert_weights
-from .search import _Band, _batch_ctf, _errors, band_volume, rotation_grid
+from .physics import fourier_to_volume_full, insert_slices, insert_weights
+from .search import _Band, _band_ctf, _errors, band_volume, batch_ctf, rotation_grid
 
 
 @dataclass
@@ -119,7 +119,7 @@ def stochastic_map(
     batch_size = min(s.batch_size, n)
     # The start: one batch back-projected at random rotations (a blob with a little structure).
     first = data.batch(rng.choice(n, batch_size, replace=False))
-    ctf = _full_ctf(data, first, box, device)
+    ctf = batch_ctf(data, first, device)
     start_rot = grid[torch.randint(len(grid), (batch_size,), generator=gen).to(device)]
     num, _ = insert_slices(torch.fft.rfft2(first.images.to(device)) * ctf, start_rot, box)
     numerator += num
@@ -136,7 +136,8 @@ def stochastic_map(
         batch = data.batch(rows)
         spectra = torch.fft.rfft2(batch.images.to(device))
         taken = band.take(spectra)
-        ctf_w, ctf2_w = _batch_ctf(data, batch, box, band, device)
+        ctf = batch_ctf(data, batch, device)
+        ctf_w, ctf2_w = _band_ctf(ctf, band)
         power = ((taken.real**2 + taken.imag**2) * band.weight).sum(-1)
         err = _errors(taken, ctf_w, ctf2_w, proj, proj_power, power)
         best = err.min(dim=1, keepdim=True).values
@@ -146,7 +147,6 @@ def stochastic_map(
         loglik = -(err - best) / (2 * sigma2) * s.beta
         top, which = loglik.topk(min(s.top_k, len(grid)), dim=1)
         prob = torch.softmax(top, dim=1)
-        ctf = _full_ctf(data, batch, box, device)
         rot = grid[which].reshape(-1, 3, 3)
         num, _ = insert_slices(((spectra * ctf)[:, None] * prob[..., None, None]).reshape(-1, box, box // 2 + 1), rot, box)
         wts = insert_weights(((ctf**2)[:, None] * prob[..., None, None]).reshape(-1, box, box // 2 + 1), rot, box)
@@ -157,9 +157,3 @@ def stochastic_map(
         rotations[rows] = grid[which[:, 0]].cpu().numpy()
         yield Progress(b + 1, s.batches, "first map (stochastic search)")
     return _regularised(numerator, weights), rotations
-
-
-def _full_ctf(data, batch, box: int, device) -> torch.Tensor:
-    if batch.ctf is None:
-        return torch.ones(len(batch.indices), box, box // 2 + 1, device=device)
-    return ctf_2d(batch.ctf, box, data.pixel_size).to(device)
