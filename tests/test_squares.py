@@ -7,7 +7,7 @@ from napari_cryo.cli import main
 from napari_cryo.errors import CryoInputError
 from napari_cryo.io.mrc import read_mrc, write_mrc
 from napari_cryo.squares.atlas import stitch_montage
-from napari_cryo.squares.extract import find_squares, paste_maps, square_corners
+from napari_cryo.squares.extract import find_squares, fit_rim, grid_region, normalise_atlas, paste_maps, square_corners
 from napari_cryo.squares.labels import match_labels, read_labels, write_labels
 from napari_cryo.squares.model import SCORES, SquareModel, XCryoNet
 from napari_cryo.squares.pipeline import analyse_atlas, score_atlas
@@ -30,6 +30,33 @@ def test_extraction_at_any_rotation(angle):
     precision, recall = _match(squares[squares.complete], atlas.squares[atlas.squares.complete], atlas.pitch * 0.2)
     assert precision >= 0.9 and recall >= 0.85
     assert square_corners(squares).shape == (len(squares), 4, 2)
+
+
+@pytest.mark.parametrize("seed", [1029, 1067])
+def test_lattice_is_the_mesh_not_a_diagonal_or_half_of_it(seed):
+    # These atlases have large, mostly dark holes: the autocorrelation has a peak on the
+    # diagonal (1029) or at half the pitch (1067), which once won over the mesh vector.
+    atlas = simulate_atlas(seed=seed)
+    squares, lattice = find_squares(atlas.image)
+    assert lattice.pitch == pytest.approx(atlas.pitch, rel=0.02)
+    assert abs(((lattice.angle - atlas.lattice_angle) + 45) % 90 - 45) < 1.0
+    assert lattice.side == pytest.approx(float(atlas.squares.side.iloc[0]), abs=1.5)
+    precision, recall = _match(squares[squares.complete], atlas.squares[atlas.squares.complete], atlas.pitch * 0.2)
+    assert recall >= 0.94 and precision >= 0.97
+
+
+@pytest.mark.parametrize("seed", [1017, 1053])
+def test_rim_fit_follows_the_rim_not_the_hole_edges_inside_it(seed):
+    # Where bars or dark squares face the rim, the meshed region ends inside it; a symmetric
+    # fit pulled the radius in by 5-10 px and flagged complete squares at the rim as cut.
+    atlas = simulate_atlas(seed=seed)
+    squares, lattice = find_squares(atlas.image)
+    region = grid_region(normalise_atlas(atlas.image)[0], lattice.pitch - lattice.side)
+    (cy, cx), radius = fit_rim(region)
+    assert radius == pytest.approx(atlas.rim_radius, abs=3.0)
+    assert np.hypot(cy - atlas.rim_center[0], cx - atlas.rim_center[1]) < 3.0
+    precision, recall = _match(squares[squares.complete], atlas.squares[atlas.squares.complete], atlas.pitch * 0.2)
+    assert recall >= 0.97 and precision >= 0.97
 
 
 def test_no_squares_is_a_clear_error(rng):

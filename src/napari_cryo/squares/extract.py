@@ -70,20 +70,35 @@ def estimate_lattice(norm: np.ndarray, min_pitch: float = 8.0) -> Lattice:
     peaks = peak_local_max(np.nan_to_num(window, neginf=-1.0), min_distance=max(3, int(min_pitch // 2)), threshold_abs=0.1, num_peaks=40)
     if len(peaks) == 0:
         raise CryoInputError(None, "no grid lattice found in the atlas (no repeating squares)")
-    vecs = peaks - half
+    vecs = (peaks - half).astype(float)
     dist = np.hypot(vecs[:, 0], vecs[:, 1])
-    strength = window[peaks[:, 0], peaks[:, 1]]
-    # A lattice vector v has less correlation at v/2 (half a cell off) than at v;
-    # the flank of the central lobe, which can also peak at the mask edge, has more.
-    half_vals = ac[cy + np.round(vecs[:, 0] / 2).astype(int), cx + np.round(vecs[:, 1] / 2).astype(int)]
-    real = half_vals < strength
-    if not real.any():
+    # Each candidate v, with v rotated by 90° (the mesh is square), generates a lattice.  Score it
+    # by the contrast between the autocorrelation at its points and at its cell centres.  The
+    # true lattice has peaks at its points and troughs at its cell centres.  A diagonal or
+    # doubled vector (a sublattice) has true lattice points at both, so no contrast.  A spurious
+    # short vector has half-cell points among its own, so little contrast.  (A peak's value
+    # against the value at v/2 does not tell: with large holes v/2 lies in the central lobe.)
+    filled = np.nan_to_num(window, neginf=-1.0)
+    at_peak = ndimage.maximum_filter(filled, size=5)
+    at_trough = ndimage.minimum_filter(filled, size=5)
+    best_score, best = -np.inf, None
+    for vy, vx in vecs[np.argsort(dist)[:16]]:
+        length = float(np.hypot(vy, vx))
+        reach = min(half - 3.0, 2.6 * length)
+        n = int(np.ceil(reach / length)) + 1
+        k, l = np.meshgrid(np.arange(-n, n + 1), np.arange(-n, n + 1), indexing="ij")
+        means = []
+        for offset, values in ((0.0, at_peak), (0.5, at_trough)):
+            py, px = (k + offset) * vy + (l + offset) * vx, (k + offset) * vx - (l + offset) * vy
+            inside = (np.hypot(py, px) <= reach) & (np.hypot(py, px) > 0)
+            means.append(float(np.mean(values[np.round(py[inside] + half).astype(int), np.round(px[inside] + half).astype(int)])))
+        score = means[0] - means[1]
+        if score > best_score:
+            best_score, best = score, (vy, vx)
+    if best is None or best_score <= 0:
         raise CryoInputError(None, "no grid lattice found in the atlas (no repeating squares)")
-    strong = real & (strength > 0.5 * strength[real].max())
-    i = int(np.argmin(np.where(strong, dist, np.inf)))
-    vy, vx = vecs[i]
+    vy, vx = best
     pitch = float(np.hypot(vy, vx))
-    # Refine the pitch with the peaks near the 2nd and 3rd multiples of the same vector.
     angle = float(np.degrees(np.arctan2(vy, vx)) % 90.0)
     return Lattice(pitch=pitch, angle=angle, side=0.0)
 
@@ -144,13 +159,18 @@ def fit_rim(region: np.ndarray, min_points: int = 50) -> tuple[tuple[float, floa
     if len(pts) < min_points:
         return None
     keep = np.ones(len(pts), bool)
-    for _ in range(3):  # algebraic circle fit, then drop outliers (notches at missing squares)
+    # Algebraic circle fits that drop the points well inside the circle.  The boundary runs on
+    # the rim where the rim cuts holes, and on hole edges inside it where a bar or a dark square
+    # faces the rim; nothing lies outside the rim.  Dropping outliers on both sides would pull
+    # the radius in by several pixels, and with it flag complete squares at the rim as cut.
+    for _ in range(6):
         y, x = pts[keep, 0], pts[keep, 1]
         a = np.column_stack([2 * y, 2 * x, np.ones(len(y))])
         (cy, cx, c), *_ = np.linalg.lstsq(a, y**2 + x**2, rcond=None)
         radius = float(np.sqrt(max(c + cy**2 + cx**2, 0.0)))
-        resid = np.abs(np.hypot(pts[:, 0] - cy, pts[:, 1] - cx) - radius)
-        keep = resid < max(3.0, 2.5 * np.median(resid[keep]))
+        signed = np.hypot(pts[:, 0] - cy, pts[:, 1] - cx) - radius
+        keep = signed > -max(2.0, 2.0 * float(np.median(np.abs(signed[keep]))))
+    resid = np.abs(signed)
     # The rim bounds the mesh: the fitted circle should enclose (almost) all of the region.
     yy, xx = np.nonzero(region)
     outside = np.mean(np.hypot(yy - cy, xx - cx) > radius * 1.03)
@@ -207,16 +227,25 @@ def find_squares(image: np.ndarray, min_pitch: float = 8.0, ncc_threshold: float
     hole = norm > threshold_otsu(ndimage.gaussian_filter(norm, 1.0))
     bright = float(np.median(norm[hole])) if hole.any() else 1.0
     dark = float(np.median(norm[~hole])) if (~hole).any() else 0.0
-    best = None
-    for frac in np.linspace(0.5, 0.92, 8):
+
+    def match(frac: float) -> tuple[float, float, np.ndarray, np.ndarray]:
         side = lattice.pitch * frac
         ncc = match_template(norm, square_template(lattice.pitch, side, lattice.angle, dark, bright), pad_input=True, mode="reflect")
         # Neighbouring squares are at least 0.7 pitch apart in x or y (at 45°), so a square
         # neighbourhood of half-width 0.45 pitch never suppresses a real square.
         peaks = peak_local_max(ncc, min_distance=max(2, int(lattice.pitch * 0.45)), threshold_abs=ncc_threshold, exclude_border=False)
         score = float(np.mean(ncc[peaks[:, 0], peaks[:, 1]])) if len(peaks) else -1.0
-        if best is None or score > best[0]:
-            best = (score, side, ncc, peaks)
+        return score, side, ncc, peaks
+
+    # The hole size: a coarse scan of bar widths, then bisection around the best.  The side
+    # decides which squares the rim or the image edge cuts, so it is worth a pixel.
+    fracs = np.linspace(0.5, 0.92, 8)
+    step = float(fracs[1] - fracs[0])
+    best = max((match(f) for f in fracs), key=lambda m: m[0])
+    for _ in range(3):
+        step /= 2
+        frac = best[1] / lattice.pitch
+        best = max([best, match(frac - step), match(frac + step)], key=lambda m: m[0])
     _, side, ncc, peaks = best
     if len(peaks) == 0:
         raise CryoInputError(None, "no squares found in the atlas")
@@ -233,7 +262,7 @@ def find_squares(image: np.ndarray, min_pitch: float = 8.0, ncc_threshold: float
     rim = fit_rim(region)
     if rim is not None:
         (ry, rx), radius = rim
-        inside_grid = np.all(np.hypot(corners[..., 0] - ry, corners[..., 1] - rx) <= radius + 0.02 * side, axis=1)
+        inside_grid = np.all(np.hypot(corners[..., 0] - ry, corners[..., 1] - rx) <= radius + 0.01 * side, axis=1)
     else:  # no circular rim in view: test the corners against the meshed region itself
         inner = _corners(cx, cy, side * 0.92, lattice.angle)
         iy = np.clip(np.round(inner[..., 0]).astype(int), 0, h - 1)

@@ -45,6 +45,10 @@ class SyntheticAtlas:
         Rotation of the mesh in degrees.
     pitch : float
         Mesh pitch in pixels.
+    rim_center : tuple of float
+        Centre of the circular grid rim, (y, x) in pixels.
+    rim_radius : float
+        Radius of the rim in pixels.
     """
 
     image: np.ndarray
@@ -52,6 +56,8 @@ class SyntheticAtlas:
     squares: pd.DataFrame
     lattice_angle: float
     pitch: float
+    rim_center: tuple[float, float] = (0.0, 0.0)
+    rim_radius: float = 0.0
 
 
 def overall_score(brightness: np.ndarray, squareness: np.ndarray, cracking: np.ndarray, contamination: np.ndarray) -> np.ndarray:
@@ -191,6 +197,8 @@ def simulate_atlas(
         squares=squares,
         lattice_angle=theta_deg,
         pitch=pitch,
+        rim_center=(float(rim_c[1]), float(rim_c[0])),
+        rim_radius=float(rim_r),
     )
 
 
