@@ -61,6 +61,7 @@ def score(volume: np.ndarray, rotations: np.ndarray | None, ref: np.ndarray, tru
     if rotations is not None:
         cmp = rotation_errors(rotations, truth_rot)
         out["median_deg"] = cmp.median
+        out["other_hand"] = cmp.other_hand_fraction
     return out
 
 
@@ -195,14 +196,14 @@ def main() -> None:
         f"Known poses (the limit of the data): FSC 0.5 against the truth at {fmt(known_curve.resolution_px(0.5))} px "
         f"({fmt(known_curve.resolution(0.5))} Å); half-map FSC 0.143 at {fmt(known.resolution)} Å; {known_s:.0f} s.",
         "",
-        "| method | wall time (min) | map | FSC 0.5 vs truth (px) | median rotation error (°) |",
-        "|---|---|---|---|---|",
+        "| method | wall time (min) | map | FSC 0.5 vs truth (px) | median rotation error (°) | following the other hand |",
+        "|---|---|---|---|---|---|",
     ]
     for name, rows in results.items():
         if not rows:
-            lines.append(f"| {name} | {args.minutes:g} | no map within the budget (see the script's output) | - | - |")
+            lines.append(f"| {name} | {args.minutes:g} | no map within the budget (see the script's output) | - | - | - |")
         for r in rows:
-            lines.append(f"| {name} | {r['t'] / 60:.1f} | {r['label']} | {fmt(r['fsc05_px'])} | {fmt(r.get('median_deg'), 1)} |")
+            lines.append(f"| {name} | {r['t'] / 60:.1f} | {r['label']} | {fmt(r['fsc05_px'])} | {fmt(r.get('median_deg'), 1)} | {fmt(r.get('other_hand'), 2)} |")
     write_section(args.section, "\n".join(lines))
 
 

@@ -414,6 +414,24 @@ def test_rotation_errors_detects_a_mirrored_set():
     assert result.as_dict()["mirrored"] is True
 
 
+def test_rotation_errors_report_a_hand_mixture():
+    # 65 % of the poses from one reconstruction, 35 % from a mirrored one in another orientation.
+    truth, g, noise = noisy_poses(1000, 5.0, 21)
+    h = Rotation.random(random_state=30).as_matrix()
+    other = np.random.default_rng(22).random(len(truth)) < 0.35
+    estimated = truth @ g @ noise
+    estimated[other] = MIRROR @ truth[other] @ MIRROR @ h @ noise[other]
+    result = rotation_errors(estimated, truth)
+    assert not result.mirrored and result.median < 10.0
+    assert result.other_hand_fraction == pytest.approx(other.mean(), abs=0.03)
+    # Random outliers are not a mixture.
+    truth, g, noise = noisy_poses(1000, 5.0, 23)
+    estimated = truth @ g @ noise
+    wrong = np.random.default_rng(24).random(len(truth)) < 0.35
+    estimated[wrong] = Rotation.random(int(wrong.sum()), random_state=25).as_matrix()
+    assert rotation_errors(estimated, truth).other_hand_fraction < 0.02
+
+
 def test_shift_errors_remove_a_map_translation():
     rng = np.random.default_rng(4)
     rot = Rotation.random(300, random_state=5).as_matrix()

@@ -149,6 +149,9 @@ def main(args: argparse.Namespace) -> int:
     if not args.no_align:
         hand = "mirrored (the estimate has the other hand)" if rot.mirrored else "same"
         print(f"{'hand':<18}{hand}; median error with the other hand {rot.other_hand_median:.1f}°")
+        if rot.other_hand_fraction >= 0.05:
+            print(f"{'hand mixture':<18}{100 * rot.other_hand_fraction:.0f} % of the particles follow the other hand "
+                  "(the map grew from two seeds of opposite hands)")
         euler = ", ".join(f"{v:.1f}" for v in summary["rotation"]["global_rotation_euler_deg"])
         print(f"{'global rotation':<18}rot, tilt, psi = {euler}°")
     print(f"{'rotation error':<18}mean {rot.mean:.2f}°, median {rot.median:.2f}°; "
