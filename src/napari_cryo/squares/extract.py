@@ -238,14 +238,22 @@ def find_squares(image: np.ndarray, min_pitch: float = 8.0, ncc_threshold: float
         return score, side, ncc, peaks
 
     # The hole size: a coarse scan of bar widths, then bisection around the best.  The side
-    # decides which squares the rim or the image edge cuts, so it is worth a pixel.
+    # decides which squares the rim or the image edge cuts, so it is worth a pixel.  The
+    # bisection scores templates at the squares already found only: the centres do not move
+    # with the side, and a whole-image match per step would double the time of an atlas.
     fracs = np.linspace(0.5, 0.92, 8)
     step = float(fracs[1] - fracs[0])
     best = max((match(f) for f in fracs), key=lambda m: m[0])
-    for _ in range(3):
-        step /= 2
-        frac = best[1] / lattice.pitch
-        best = max([best, match(frac - step), match(frac + step)], key=lambda m: m[0])
+    _, side, ncc, peaks = best
+    if len(peaks):
+        windows = _windows(norm, peaks, square_template(lattice.pitch, side, lattice.angle).shape[0])
+        scored = {side: _ncc_at(windows, square_template(lattice.pitch, side, lattice.angle, dark, bright))}
+        for _ in range(3):
+            step /= 2
+            for candidate in (side - step * lattice.pitch, side + step * lattice.pitch):
+                scored[candidate] = _ncc_at(windows, square_template(lattice.pitch, candidate, lattice.angle, dark, bright))
+            side = max(scored, key=scored.get)
+        best = (scored[side], side, ncc, peaks)
     _, side, ncc, peaks = best
     if len(peaks) == 0:
         raise CryoInputError(None, "no squares found in the atlas")
@@ -280,6 +288,23 @@ def find_squares(image: np.ndarray, min_pitch: float = 8.0, ncc_threshold: float
     )
     order = np.lexsort((squares["center_x"].to_numpy(), np.round(squares["center_y"].to_numpy() / (lattice.pitch / 2))))
     return squares.iloc[order].reset_index(drop=True), lattice
+
+
+def _windows(image: np.ndarray, centres: np.ndarray, size: int) -> np.ndarray:
+    """(P, size, size) windows of ``image`` centred on ``centres`` (YX pixels), reflected at the edges."""
+    half = size // 2
+    padded = np.pad(image, half, mode="reflect")
+    view = np.lib.stride_tricks.sliding_window_view(padded, (size, size))
+    return view[centres[:, 0], centres[:, 1]]
+
+
+def _ncc_at(windows: np.ndarray, template: np.ndarray) -> float:
+    """Mean normalised cross-correlation of a template with each window (as :func:`match_template` at the centre)."""
+    t = template - template.mean()
+    w = windows - windows.mean(axis=(1, 2), keepdims=True)
+    num = np.einsum("pij,ij->p", w, t)
+    den = np.sqrt(np.einsum("pij,pij->p", w, w) * float(np.sum(t * t)))
+    return float(np.mean(num / np.maximum(den, 1e-12)))
 
 
 def _subpixel(ncc: np.ndarray, peaks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
