@@ -28,6 +28,25 @@ def relion31_dataset(tmp_path: Path, testdata: Path) -> Path:
     return tmp_path / "relion31.star"
 
 
+@pytest.fixture(autouse=True)
+def torch_threads(request):
+    """Torch's thread count for a test module that sets ``TORCH_THREADS`` (restored afterwards).
+
+    Tiny tensors gain nothing from threads, and spinning threads stall when
+    other jobs share the CPU, so most torch modules ask for one.
+    """
+    n = getattr(request.module, "TORCH_THREADS", None)
+    if n is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

@@ -21,12 +21,7 @@ from napari_cryo.tasks import drain
 from napari_cryo.reconstruction.models import FourierNet, PoseEncoder, rotation_from_6d, rotation_to_6d
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+TORCH_THREADS = 1
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,7 @@ from napari_cryo.synthetic.structures import atoms_to_volume, project_atoms, ran
 MIRROR = np.diag([1.0, 1.0, -1.0])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine is shared: keep torch to one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+TORCH_THREADS = 1
 
 
 # -- CTF: an independent transcription of RELION's CTF::initialise / getCTF (src/ctf.cpp, src/ctf.h)

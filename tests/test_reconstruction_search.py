@@ -24,12 +24,7 @@ from napari_cryo.reconstruction.search import (
 from napari_cryo.tasks import drain
 
 
-@pytest.fixture(autouse=True)
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+TORCH_THREADS = 2
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import mrcfile
 import numpy as np
 import pytest
 import starfile
-import torch
 from scipy import ndimage
 
 from napari_cryo.cli import main
@@ -17,12 +16,7 @@ from napari_cryo.geometry import euler_to_matrix, matrix_to_euler
 from napari_cryo.io.mrc import read_mrc
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+TORCH_THREADS = 1
 
 
 def run(capsys, *argv):

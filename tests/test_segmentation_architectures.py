@@ -37,13 +37,7 @@ def _clean_registry():
         architectures.unregister(name)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors gain nothing from threads, and spinning threads stall when other jobs share the CPU.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+TORCH_THREADS = 1
 
 
 def test_builtins_available_default_first():

@@ -9,7 +9,7 @@ from napari_cryo.io.mrc import read_mrc, write_mrc
 from napari_cryo.squares.atlas import stitch_montage
 from napari_cryo.squares.extract import find_squares, fit_rim, grid_region, normalise_atlas, paste_maps, square_corners
 from napari_cryo.squares.labels import match_labels, read_labels, write_labels
-from napari_cryo.squares.model import SCORES, SquareModel, XCryoNet
+from napari_cryo.squares.model import SquareModel, XCryoNet
 from napari_cryo.squares.pipeline import analyse_atlas, score_atlas
 from napari_cryo.squares.training import SquareTrainConfig, train_squares
 from napari_cryo.synthetic.atlas import simulate_atlas
