@@ -22,7 +22,6 @@ circular mask.
 from __future__ import annotations
 
 import copy
-
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass

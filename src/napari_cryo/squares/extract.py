@@ -238,25 +238,12 @@ def find_squares(image: np.ndarray, min_pitch: float = 8.0, ncc_threshold: float
         return score, side, ncc, peaks
 
     # The hole size: a coarse scan of bar widths, then bisection around the best.  The side
-    # decides which squares the rim or the image edge cuts, so it is worth a pixel.  The
-    # bisection scores templates at the squares already found only: the centres do not move
-    # with the side, and a whole-image match per step would double the time of an atlas.
+    # decides which squares the rim or the image edge cuts, so it is worth a pixel.
     fracs = np.linspace(0.5, 0.92, 8)
-    step = float(fracs[1] - fracs[0])
-    best = max((match(f) for f in fracs), key=lambda m: m[0])
-    _, side, ncc, peaks = best
-    if len(peaks):
-        windows = _windows(norm, peaks, square_template(lattice.pitch, side, lattice.angle).shape[0])
-        scored = {side: _ncc_at(windows, square_template(lattice.pitch, side, lattice.angle, dark, bright))}
-        for _ in range(3):
-            step /= 2
-            for candidate in (side - step * lattice.pitch, side + step * lattice.pitch):
-                scored[candidate] = _ncc_at(windows, square_template(lattice.pitch, candidate, lattice.angle, dark, bright))
-            side = max(scored, key=scored.get)
-        best = (scored[side], side, ncc, peaks)
-    _, side, ncc, peaks = best
+    _, side, ncc, peaks = max((match(f) for f in fracs), key=lambda m: m[0])
     if len(peaks) == 0:
         raise CryoInputError(None, "no squares found in the atlas")
+    side = _bisect_side(norm, peaks, lattice, side, float(fracs[1] - fracs[0]) * lattice.pitch, dark, bright)
     # Sub-pixel centres: parabola through the NCC peak and its neighbours; back to full pixels.
     cy, cx = _subpixel(ncc, peaks)
     cy, cx = (cy + 0.5) * factor - 0.5, (cx + 0.5) * factor - 0.5
@@ -288,6 +275,27 @@ def find_squares(image: np.ndarray, min_pitch: float = 8.0, ncc_threshold: float
     )
     order = np.lexsort((squares["center_x"].to_numpy(), np.round(squares["center_y"].to_numpy() / (lattice.pitch / 2))))
     return squares.iloc[order].reset_index(drop=True), lattice
+
+
+def _bisect_side(norm: np.ndarray, peaks: np.ndarray, lattice: Lattice, side: float, step: float, dark: float, bright: float) -> float:
+    """The hole side to about a pixel: bisection from ``side`` with a first ``step`` (pixels).
+
+    Templates are scored only at the squares already found: the centres do
+    not move with the side, and a whole-image match per step would double
+    the time of an atlas.
+    """
+    windows = _windows(norm, peaks, square_template(lattice.pitch, side, lattice.angle).shape[0])
+
+    def score(s: float) -> float:
+        return _ncc_at(windows, square_template(lattice.pitch, s, lattice.angle, dark, bright))
+
+    scored = {side: score(side)}
+    for _ in range(3):
+        step /= 2
+        for candidate in (side - step, side + step):
+            scored[candidate] = score(candidate)
+        side = max(scored, key=scored.get)
+    return side
 
 
 def _windows(image: np.ndarray, centres: np.ndarray, size: int) -> np.ndarray:
