@@ -1,16 +1,17 @@
-"""Ab initio reconstruction benchmark: cryoSPIN and cryoAI against ground truth and cryoDRGN, over wall time.
+"""Ab initio reconstruction benchmark: the search method, cryoSPIN and cryoAI against ground truth and cryoDRGN, over wall time.
 
 Dataset (simulated with `napari-cryo simulate particles`): a real map (default
-../shared/testdata/particles/hand-vol.mrc), L = 64, 10,000 particles, SNR 0.1 (variance of the clean CTF-modulated
+../shared/testdata/particles/hand-vol.mrc; `model_map.py` makes one from an atomic model), L = 64, 10,000 particles, SNR 0.1 (variance of the clean CTF-modulated
 image over the whole box divided by the noise variance), lognormal defocus with a median of 2 µm.
 
 Reported:
 * the known-pose reconstruction's resolution (FSC 0.5 against the ground-truth map), the limit of the data;
 * for each method, at every intermediate map: wall time, FSC 0.5 against the ground truth after global alignment
   (rotation and handedness) and the median rotation error after the best global alignment;
-* the same for `cryodrgn abinit_homo` run in its own virtual environment (--cryodrgn), on the same particles.
+* the same for `cryodrgn abinit --zdim 0` (homogeneous) run in its own virtual environment (--cryodrgn), on the same particles.
 
-Run: python -u benchmarks/bench_reconstruction.py [--n 10000] [--box 64] [--minutes 20] [--cryodrgn /path/to/venv/bin/cryodrgn]
+Run: python -u benchmarks/bench_reconstruction.py [--map MAP.mrc] [--n 10000] [--box 64] [--minutes 20]
+     [--cryodrgn /path/to/venv/bin/cryodrgn [--cryodrgn-minutes T]] [--section TITLE]
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--methods", nargs="+", default=["search", "cryospin", "cryoai"])
     parser.add_argument("--cryodrgn", help="the cryodrgn executable of a separate virtual environment")
+    parser.add_argument("--cryodrgn-minutes", type=float, help="cryoDRGN's budget (default: --minutes)")
     parser.add_argument("--workdir", default="/work/bench_recon")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--section", default="Ab initio reconstruction", help="title of the section of docs/benchmarks.md to (re)write")
@@ -160,7 +162,7 @@ def main() -> None:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads on {os.cpu_count()} cores, torch {torch.__version__}"
     work = Path(args.workdir)
-    dataset = work / f"hand{args.pixel_size:g}_{args.box}_{args.n}"
+    dataset = work / f"{Path(args.map).stem.split('-')[0]}{args.pixel_size:g}_{args.box}_{args.n}"
     simulate(Path(args.map), dataset, args.n, args.box, args.snr, args.pixel_size)
     ref = np.asarray(read_mrc(dataset / "ground_truth_map.mrc")[0], dtype=np.float32)
     import starfile
@@ -176,9 +178,10 @@ def main() -> None:
     print("known poses", known_curve.resolution_px(0.5), known.resolution, flush=True)
 
     results = {m: run_method(m, data, args.minutes, ref, truth_rot, work / dataset.name) for m in args.methods}
+    drgn_minutes = args.cryodrgn_minutes or args.minutes
     if args.cryodrgn:
         try:
-            results["cryodrgn abinit"] = run_cryodrgn(args.cryodrgn, dataset, args.minutes, ref, truth_rot, data.pixel_size, work / dataset.name, args.box)
+            results["cryodrgn abinit"] = run_cryodrgn(args.cryodrgn, dataset, drgn_minutes, ref, truth_rot, data.pixel_size, work / dataset.name, args.box)
         except (subprocess.CalledProcessError, OSError) as exc:
             print("cryodrgn failed:", exc, flush=True)
             results["cryodrgn abinit"] = []
@@ -187,7 +190,7 @@ def main() -> None:
     lines = [
         f"`python -u benchmarks/bench_reconstruction.py --n {args.n} --box {args.box} --pixel-size {args.pixel_size:g} "
         f"--minutes {args.minutes:g} --methods {' '.join(args.methods)}"
-        + (" --cryodrgn ...`" if args.cryodrgn else "`") + f" on {machine}.",
+        + (f" --cryodrgn ... --cryodrgn-minutes {drgn_minutes:g}`" if args.cryodrgn else "`") + f" on {machine}.",
         "",
         f"Dataset: `{Path(args.map).name}` projected at L = {args.box} ({data.pixel_size:g} Å/px), {args.n} particles, SNR {args.snr:g}, "
         "lognormal defocus (median 2 µm), uniform rotations. FSC against the ground truth is computed after aligning the map "
@@ -201,7 +204,7 @@ def main() -> None:
     ]
     for name, rows in results.items():
         if not rows:
-            lines.append(f"| {name} | {args.minutes:g} | no map within the budget (see the script's output) | - | - | - |")
+            lines.append(f"| {name} | {drgn_minutes if name.startswith('cryodrgn') else args.minutes:g} | no map within the budget (see the script's output) | - | - | - |")
         for r in rows:
             lines.append(f"| {name} | {r['t'] / 60:.1f} | {r['label']} | {fmt(r['fsc05_px'])} | {fmt(r.get('median_deg'), 1)} | {fmt(r.get('other_hand'), 2)} |")
     write_section(args.section, "\n".join(lines))
