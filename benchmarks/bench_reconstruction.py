@@ -187,8 +187,9 @@ def main() -> None:
             results["cryodrgn abinit"] = []
     if args.no_write:
         return
+    map_arg = "" if Path(args.map).name == "hand-vol.mrc" else f" --map {Path(args.map).name}"
     lines = [
-        f"`python -u benchmarks/bench_reconstruction.py --n {args.n} --box {args.box} --pixel-size {args.pixel_size:g} "
+        f"`python -u benchmarks/bench_reconstruction.py{map_arg} --n {args.n} --box {args.box} --pixel-size {args.pixel_size:g} "
         f"--minutes {args.minutes:g} --methods {' '.join(args.methods)}"
         + (f" --cryodrgn ... --cryodrgn-minutes {drgn_minutes:g}`" if args.cryodrgn else "`") + f" on {machine}.",
         "",
