@@ -177,9 +177,11 @@ def main() -> None:
     known_curve = fsc(known.volume, ref, data.pixel_size)
     print("known poses", known_curve.resolution_px(0.5), known.resolution, flush=True)
 
-    results = {m: run_method(m, data, args.minutes, ref, truth_rot, work / dataset.name) for m in args.methods}
+    budgets = {m: args.minutes for m in args.methods}
+    results = {m: run_method(m, data, budgets[m], ref, truth_rot, work / dataset.name) for m in args.methods}
     drgn_minutes = args.cryodrgn_minutes or args.minutes
     if args.cryodrgn:
+        budgets["cryodrgn abinit"] = drgn_minutes
         try:
             results["cryodrgn abinit"] = run_cryodrgn(args.cryodrgn, dataset, drgn_minutes, ref, truth_rot, data.pixel_size, work / dataset.name, args.box)
         except (subprocess.CalledProcessError, OSError) as exc:
@@ -205,7 +207,7 @@ def main() -> None:
     ]
     for name, rows in results.items():
         if not rows:
-            lines.append(f"| {name} | {drgn_minutes if name.startswith('cryodrgn') else args.minutes:g} | no map within the budget (see the script's output) | - | - | - |")
+            lines.append(f"| {name} | {budgets[name]:g} | no map within the budget (see the script's output) | - | - | - |")
         for r in rows:
             lines.append(f"| {name} | {r['t'] / 60:.1f} | {r['label']} | {fmt(r['fsc05_px'])} | {fmt(r.get('median_deg'), 1)} | {fmt(r.get('other_hand'), 2)} |")
     write_section(args.section, "\n".join(lines))
