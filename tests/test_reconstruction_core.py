@@ -173,3 +173,51 @@ def test_killed_run_resumes(dataset, tmp_path):
     rows = (out / "progress.csv").read_text().splitlines()[1:]
     epochs = [int(r.split(",")[2]) for r in rows if r.split(",")[2]]
     assert max(epochs) > done_epochs and float(rows[-1].split(",")[0]) > done_s
+
+
+@pytest.fixture(scope="module")
+def noise_only(testdata, tmp_path_factory) -> Path:
+    """1000 particles of 32 px at SNR 1e-4: practically pure noise."""
+    out = tmp_path_factory.mktemp("noise") / "set"
+    code = main(["simulate", "particles", str(testdata / "particles" / "hand-vol.mrc"), "--n", "1000", "--box", "32",
+                 "--snr", "0.0001", "--out", str(out), "--device", "cpu", "--seed", "3"])
+    assert code == 0
+    return out
+
+
+@pytest.mark.parametrize("method", ["cryospin", "cryoai"])
+def test_half_maps_of_pure_noise_claim_no_resolution_beyond_the_shared_band(noise_only, method):
+    """Einstein from noise: poses chosen against one shared map make both half maps copy its noise.
+
+    The halves may share only the band below ``shared_radius`` (0.1
+    cycles/pixel here: 10 px).  When the encoder trained, and the best head
+    was chosen, up to Nyquist, cryoSPIN's half maps of this noise claimed 4.8 px.
+    """
+    from napari_cryo.reconstruction.data import ParticleData
+    from napari_cryo.reconstruction.reconstruct import ReconstructionSettings, reconstruct
+
+    data = ParticleData(noise_only / "particles.star")
+    settings = ReconstructionSettings(method=method, max_minutes=0.4, batch_size=32, heads=3, shared_radius=0.1)
+    result, items = drain(reconstruct(data, settings))
+    assert "auto-decoding" in {i["phase"] for i in items if isinstance(i, dict)}
+    assert result.resolution / data.pixel_size > 6.0, np.round(np.asarray(result.fsc.fsc), 2)
+
+
+def test_in_plane_pi_turn_of_an_image_is_the_turned_pose_with_the_origin_negated(testdata):
+    """cryoAI's symmetrised loss matches some images turned by π: their poses must be recorded turned."""
+    from napari_cryo.reconstruction.physics import central_slices, fourier_crop_volume, shift_images, volume_to_fourier
+    from napari_cryo.reconstruction.reconstruct import _unflip
+
+    volume, _ = read_mrc(testdata / "particles" / "hand-vol.mrc")
+    ft = volume_to_fourier(fourier_crop_volume(torch.as_tensor(np.array(volume, dtype=np.float32)), 32))
+    rot = torch.as_tensor(euler_to_matrix(np.array([[30.0, 50.0, 70.0]])), dtype=torch.float32)
+    origin = torch.tensor([[1.5, -2.0]])
+
+    def image(r, o):
+        return torch.fft.irfft2(shift_images(central_slices(ft, r), o, 32), s=(32, 32))[0]
+
+    turned = torch.roll(torch.flip(image(rot, origin), (0, 1)), (1, 1), (0, 1))  # about the centre, L//2
+    r2, o2 = _unflip(rot, origin, torch.tensor([True]))
+    assert torch.allclose(image(r2, o2), turned, atol=1e-4 * float(turned.abs().max()))
+    same = _unflip(rot, origin, torch.tensor([False]))
+    assert torch.equal(same[0], rot) and torch.equal(same[1], origin)

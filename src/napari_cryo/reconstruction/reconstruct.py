@@ -8,15 +8,23 @@ maps) returning a :class:`ReconstructionResult`.  The run has three phases:
    symmetrised loss (each image and its in-plane π rotation, the smaller
    error counts).  ``cryospin``: ``heads`` rotation hypotheses per image, the
    best head per particle by reconstruction error (winner takes all), and an
-   explicit voxel decoder.  The frequencies compared grow from 0.15 to 0.5
-   cycles per pixel (coarse to fine).
+   explicit voxel decoder.  Every particle trains the one encoder and
+   decoder here, so they compare frequencies only up to ``shared_radius``
+   (0.15 cycles/pixel): what the halves of the gold standard share.
 2. **auto-decoding** (cryoSPIN's semi-amortized phase) — each particle's
    rotation (6-D) and shift become free parameters initialised from its best
-   head, with ``pose_steps`` pose updates per volume update.  The switch is
-   automatic when the amortized loss plateaus (less than ``plateau`` relative
-   improvement over ``patience`` epochs) or after half the time budget, or
-   forced with ``switch_after`` (minutes; 0 = start auto-decoding at once).
-   The cryoAI method stays amortized, as published.
+   head (chosen within the shared band), with ``pose_steps`` pose updates per
+   volume update.  The switch is automatic when the amortized loss plateaus
+   (less than ``plateau`` relative improvement over ``patience`` epochs) or
+   after half the time budget, or forced with ``switch_after`` (minutes; 0 =
+   start auto-decoding at once).  From the switch on each half-set has its
+   own volume, started from its own particles' back-projection low-passed to
+   the shared band, and the band compared grows to Nyquist.  Poses fitted to
+   one shared map at higher frequencies align both halves to that map's noise
+   (Einstein from noise), and the half maps' FSC then claims a resolution the
+   map does not have: on pure-noise particles it claimed 4.8 px (see
+   ``tests/test_reconstruction_core.py``).  cryoAI switches too: published,
+   it stays amortized, and its poses then come from one shared decoder.
 3. **direct reconstruction** — a CTF-corrected, Wiener-filtered Fourier
    reconstruction from the estimated poses of two random half-sets gives the
    half maps, the gold-standard FSC (0.143) and a sharpened, low-passed map
@@ -51,6 +59,8 @@ from .models import FourierNet, PoseEncoder, VoxelVolume, rotation_from_6d, rota
 
 METHODS = ("cryospin", "cryoai", "search")
 CHECKPOINT = "checkpoint.pt"
+#: The pose of an image turned by π in its plane is ``IN_PLANE_PI @ R`` (with the origin negated).
+IN_PLANE_PI = torch.diag(torch.tensor([-1.0, -1.0, 1.0]))
 
 
 class ReconstructionDiverged(CryoInputError):
@@ -86,6 +96,10 @@ class ReconstructionSettings:
         Automatic switch: relative loss improvement below ``plateau`` over ``patience`` epochs.
     converged_degrees : float
         Auto-decoding stops when the median pose change over an epoch is below this.
+    shared_radius : float
+        cryoSPIN and cryoAI: band (cycles/pixel) below which the two half-sets may share
+        information at the switch to per-particle poses; above it the
+        gold-standard FSC is independent.
     checkpoint_minutes, map_minutes : float
         How often to checkpoint and to write an intermediate map.
     seed : int
@@ -107,6 +121,7 @@ class ReconstructionSettings:
     patience: int = 3
     plateau: float = 0.005
     converged_degrees: float = 0.2
+    shared_radius: float = 0.15
     checkpoint_minutes: float = 2.0
     map_minutes: float = 3.0
     seed: int = 0
@@ -191,6 +206,7 @@ class _Run:
         self.half_of[torch.as_tensor(np.asarray(second), dtype=torch.long)] = 1
         self.half_decoders: torch.nn.ModuleList | None = None
         self.phase = "amortized"
+        self.switched_at = 0.0  # elapsed seconds at the switch to auto-decoding
         self.diverged = False
         self.epoch = 0
         self.elapsed = 0.0
@@ -206,7 +222,7 @@ class _Run:
         return {
             "key": self.key, "encoder": self.encoder.state_dict(), "decoder": self.decoder.state_dict(),
             "opt_encoder": self.opt_encoder.state_dict(), "opt_decoder": self.opt_decoder.state_dict(),
-            "rot6d": self.rot6d, "shifts": self.shifts, "phase": self.phase, "epoch": self.epoch,
+            "rot6d": self.rot6d, "shifts": self.shifts, "phase": self.phase, "epoch": self.epoch, "switched_at": self.switched_at,
             "elapsed": self.elapsed, "history": self.history, "maps": self.maps_written,
             "halves": None if self.half_decoders is None else [h.voxels.detach().cpu() for h in self.half_decoders],
         }
@@ -220,6 +236,7 @@ class _Run:
         self.opt_decoder.load_state_dict(state["opt_decoder"])
         self.rot6d, self.shifts = state["rot6d"], state["shifts"]
         self.phase, self.epoch, self.elapsed = state["phase"], int(state["epoch"]), float(state["elapsed"])
+        self.switched_at = float(state["switched_at"])
         self.history, self.maps_written = list(state["history"]), list(state["maps"])
 
     def use_half_volumes(self, volumes) -> None:
@@ -328,6 +345,36 @@ def _write_progress(out_dir: Path | None, row: dict[str, Any]) -> None:
         writer.writerow({k: row.get(k, "") for k in writer.fieldnames})
 
 
+def _head_errors(run: _Run, target: torch.Tensor, rotations: torch.Tensor, shifts: torch.Tensor, ctf: torch.Tensor | None,
+                 radius: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Error of every head's pose (B, heads) and, for cryoAI, whether the image turned by π fitted better.
+
+    cryoAI's symmetrised loss takes the smaller of the two errors; the
+    in-plane π turn of a real image centred at L//2 conjugates its spectrum.
+    """
+    h = rotations.shape[1]
+    model = run.model_images(rotations.reshape(-1, 3, 3), shifts.repeat_interleave(h, 0), None if ctf is None else ctf.repeat_interleave(h, 0))
+    err = run.errors(target.repeat_interleave(h, 0), model, radius).view(-1, h)
+    if run.s.method != "cryoai":
+        return err, torch.zeros_like(err, dtype=torch.bool)
+    err_flip = run.errors(torch.conj(target).repeat_interleave(h, 0), model, radius).view(-1, h)
+    return torch.minimum(err, err_flip), err_flip < err
+
+
+def _unflip(rotations: torch.Tensor, origins: torch.Tensor, flipped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The poses of images whose π-turned copy matched the model at (rotation, origin): turned by π, origin negated."""
+    turned = torch.where(flipped[:, None, None], IN_PLANE_PI @ rotations, rotations)
+    return turned, torch.where(flipped[:, None], -origins, origins)
+
+
+def _band(run: _Run, elapsed: float, budget: float) -> float:
+    """The band compared (cycles/pixel): ``shared_radius`` while amortized (the encoder and the decoder
+    see every particle); after the switch, from there to Nyquist over half the time left."""
+    start = run.s.shared_radius
+    span = max(1e-6, 0.5 * (budget - run.switched_at))
+    return start + (0.5 - start) * min(1.0, (elapsed - run.switched_at) / span)
+
+
 def _angle_between(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Rotation angle (degrees) of a bᵀ for batches of rotation matrices."""
     cos = ((a * b).sum(dim=(-2, -1)) - 1) / 2
@@ -336,7 +383,11 @@ def _angle_between(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def _initialise_poses(run: _Run, data, box: int, device) -> Generator[Progress, None, None]:
-    """Each particle's pose from the trained encoder's best head (by reconstruction error at full resolution)."""
+    """Each particle's pose from the trained encoder's best head, chosen below the shared band.
+
+    Then each half-set's volume is back-projected from its own particles and
+    low-passed to that band (see the module notes on Einstein from noise).
+    """
     run.encoder.eval()
     n = len(data)
     done = 0
@@ -345,17 +396,16 @@ def _initialise_poses(run: _Run, data, box: int, device) -> Generator[Progress, 
         target = torch.fft.rfft2(images)
         ctf = _ctf(data, batch, box, device)
         rotations, shifts = run.encoder(images)
-        h = rotations.shape[1]
-        model = run.model_images(rotations.reshape(-1, 3, 3), shifts.repeat_interleave(h, 0), None if ctf is None else ctf.repeat_interleave(h, 0))
-        err = run.errors(target.repeat_interleave(h, 0), model, 0.5).view(-1, h)
+        err, flip = _head_errors(run, target, rotations, shifts, ctf, run.s.shared_radius)
         which = err.argmin(dim=1)
+        rows = torch.arange(len(which), device=which.device)
+        chosen, origin = _unflip(rotations[rows, which].cpu(), shifts.cpu(), flip[rows, which].cpu())
         idx = torch.as_tensor(batch.indices)
-        run.rot6d[idx] = rotation_to_6d(rotations[torch.arange(len(idx)), which]).cpu()
-        run.shifts[idx] = shifts.cpu()
+        run.rot6d[idx] = rotation_to_6d(chosen)
+        run.shifts[idx] = origin
         done += len(idx)
         yield Progress(done, n, "initialising poses")
-    if isinstance(run.decoder, VoxelVolume):
-        yield from _volume_from_poses(run, data)
+    yield from _volume_from_poses(run, data)
 
 
 def _volume_from_poses(run: _Run, data) -> Generator[Progress, None, None]:
@@ -371,8 +421,17 @@ def _volume_from_poses(run: _Run, data) -> Generator[Progress, None, None]:
     for h in (0, 1):
         rows = torch.nonzero(run.half_of == h).flatten().numpy()
         numerator, weights = yield from accumulate(data, rows, rotations, run.shifts.numpy())
-        volumes.append(wiener(numerator, weights, 0.05 * float(weights.mean())))
+        volume = wiener(numerator, weights, 0.05 * float(weights.mean()))
+        volumes.append(low_pass(volume, run.s.shared_radius))
     run.use_half_volumes(volumes)
+
+
+def low_pass(volume: np.ndarray, radius: float, width: float = 0.02) -> np.ndarray:
+    """``volume`` with a raised-cosine low-pass: 1 below ``radius``, 0 above ``radius + width`` (cycles/pixel)."""
+    k = [np.fft.fftfreq(n) for n in volume.shape]
+    kr = np.sqrt(k[0][:, None, None] ** 2 + k[1][None, :, None] ** 2 + k[2][None, None, :] ** 2)
+    edge = 0.5 + 0.5 * np.cos(np.pi * np.clip((kr - radius) / width, 0.0, 1.0))
+    return np.fft.ifftn(np.fft.fftn(volume) * edge).real.astype(np.float32)
 
 
 def start_or_resume(out: Path | None, key: str, resume: bool, device: torch.device | str = "cpu") -> dict[str, Any] | None:
@@ -485,8 +544,7 @@ def reconstruct(
             epoch_losses, changes = [], []
             total_done = run.epoch * steps
             for s, batch in enumerate(data.batches(settings.batch_size, shuffle=True, seed=settings.seed, epoch=run.epoch)):
-                progress_t = min(1.0, clock() / budget)
-                radius = 0.15 + 0.35 * min(1.0, progress_t * 2.0)  # full resolution by half the budget
+                radius = _band(run, clock(), budget)
                 images = batch.images.to(device)
                 target = torch.fft.rfft2(images)
                 ctf = _ctf(data, batch, box, device)
@@ -494,21 +552,16 @@ def reconstruct(
                 if run.phase == "amortized":
                     run.encoder.train()
                     rotations, shifts = run.encoder(images)
-                    h = rotations.shape[1]
-                    model = run.model_images(rotations.reshape(-1, 3, 3), shifts.repeat_interleave(h, 0), None if ctf is None else ctf.repeat_interleave(h, 0))
-                    err = run.errors(target.repeat_interleave(h, 0), model, radius).view(-1, h)
-                    if settings.method == "cryoai":
-                        # The in-plane π rotation of a real image centred at L//2 conjugates its spectrum.
-                        err_flip = run.errors(torch.conj(target).repeat_interleave(h, 0), model, radius).view(-1, h)
-                        err = torch.minimum(err, err_flip)
+                    err, flip = _head_errors(run, target, rotations, shifts, ctf, radius)
                     best, which = err.min(dim=1)
                     loss = best.mean()
                     with torch.no_grad():
-                        chosen = rotations[torch.arange(len(idx)), which].cpu()
+                        rows = torch.arange(len(idx), device=which.device)
+                        chosen, origin = _unflip(rotations[rows, which].detach().cpu(), shifts.detach().cpu(), flip[rows, which].cpu())
                         old = rotation_from_6d(run.rot6d[idx])
                         changes.append(_angle_between(chosen, old))
                         run.rot6d[idx] = rotation_to_6d(chosen)
-                        run.shifts[idx] = shifts.detach().cpu()
+                        run.shifts[idx] = origin
                     _check_finite(loss, run, out)
                     run.opt_encoder.zero_grad(set_to_none=True)
                     run.opt_decoder.zero_grad(set_to_none=True)
@@ -563,7 +616,7 @@ def reconstruct(
             _write_progress(out, {**record, "elapsed_s": record["elapsed_s"]})
             yield record
             # Phase changes.
-            if run.phase == "amortized" and settings.method == "cryospin":
+            if run.phase == "amortized":
                 losses = [r["loss"] for r in run.history if r["phase"] == "amortized"]
                 plateau = len(losses) > settings.patience and (losses[-settings.patience - 1] - losses[-1]) < settings.plateau * abs(losses[-settings.patience - 1])
                 forced = settings.switch_after is not None and clock() >= settings.switch_after * 60
@@ -571,6 +624,7 @@ def reconstruct(
                     yield Progress(0, None, "switching to per-particle poses: best head of every particle")
                     yield from _initialise_poses(run, data, box, device)
                     run.phase = "auto-decoding"
+                    run.switched_at = clock()
                     _save_checkpoint(run, out)
             elif run.phase == "auto-decoding" and change == change and change < settings.converged_degrees:
                 run.phase = "done"
