@@ -371,6 +371,8 @@ def _band(run: _Run, elapsed: float, budget: float) -> float:
     """The band compared (cycles/pixel): ``shared_radius`` while amortized (the encoder and the decoder
     see every particle); after the switch, from there to Nyquist over half the time left."""
     start = run.s.shared_radius
+    if run.phase == "amortized":
+        return start
     span = max(1e-6, 0.5 * (budget - run.switched_at))
     return start + (0.5 - start) * min(1.0, (elapsed - run.switched_at) / span)
 
