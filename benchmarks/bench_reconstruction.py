@@ -36,6 +36,7 @@ from napari_cryo.io.mrc import read_mrc  # noqa: E402
 from napari_cryo.reconstruction.backproject import reconstruct_halves  # noqa: E402
 from napari_cryo.reconstruction.data import ParticleData  # noqa: E402
 from napari_cryo.reconstruction.fsc import align_maps, fsc  # noqa: E402
+from napari_cryo.reconstruction.coverage import view_coverage  # noqa: E402
 from napari_cryo.reconstruction.poses import rotation_errors  # noqa: E402
 from napari_cryo.reconstruction.reconstruct import MapUpdate, ReconstructionSettings, reconstruct  # noqa: E402
 from napari_cryo.tasks import drain  # noqa: E402
@@ -63,6 +64,7 @@ def score(volume: np.ndarray, rotations: np.ndarray | None, ref: np.ndarray, tru
         cmp = rotation_errors(rotations, truth_rot)
         out["median_deg"] = cmp.median
         out["other_hand"] = cmp.other_hand_fraction
+        out["scf"] = view_coverage(rotations).scf
     return out
 
 
@@ -202,14 +204,16 @@ def main() -> None:
         f"Known poses (the limit of the data): FSC 0.5 against the truth at {fmt(known_curve.resolution_px(0.5))} px "
         f"({fmt(known_curve.resolution(0.5))} Å); half-map FSC 0.143 at {fmt(known.resolution)} Å; {known_s:.0f} s.",
         "",
-        "| method | wall time (min) | map | FSC 0.5 vs truth (px) | median rotation error (°) | following the other hand |",
-        "|---|---|---|---|---|---|",
+        "| method | wall time (min) | map | FSC 0.5 vs truth (px) | half-map FSC 0.143 (px) | SCF | median rotation error (°) | following the other hand |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, rows in results.items():
         if not rows:
-            lines.append(f"| {name} | {budgets[name]:g} | no map within the budget (see the script's output) | - | - | - |")
+            lines.append(f"| {name} | {budgets[name]:g} | no map within the budget (see the script's output) | - | - | - | - | - |")
         for r in rows:
-            lines.append(f"| {name} | {r['t'] / 60:.1f} | {r['label']} | {fmt(r['fsc05_px'])} | {fmt(r.get('median_deg'), 1)} | {fmt(r.get('other_hand'), 2)} |")
+            half = r["half_map_A"] / data.pixel_size if "half_map_A" in r else None
+            lines.append(f"| {name} | {r['t'] / 60:.1f} | {r['label']} | {fmt(r['fsc05_px'])} | {fmt(half)} | {fmt(r.get('scf'), 2)} "
+                         f"| {fmt(r.get('median_deg'), 1)} | {fmt(r.get('other_hand'), 2)} |")
     write_section(args.section, "\n".join(lines))
 
 

@@ -54,6 +54,8 @@ def test_run_pause_resume_stop(make_napari_viewer, qtbot, dataset, tmp_path):
     assert (tmp_path / "run" / "volume.mrc").exists() and (tmp_path / "run" / "poses.star").exists()
     assert widget.save_poses(tmp_path / "poses_copy.star").exists()
     assert np.isfinite(widget.result.resolution) or widget.result.resolution == float("inf")
+    if widget._dir_fig is not None:  # the final direction plot says how evenly the poses fill Fourier space
+        assert "SCF" in widget._dir_fig.axes[0].get_title()
 
 
 def test_search_method_in_the_widget(make_napari_viewer, qtbot, dataset, tmp_path):

@@ -64,11 +64,11 @@ class ReconstructionWidget(Container):
         self._pause.changed.connect(self.pause)
         self._stop_button.changed.connect(self.stop)
 
-    def _notify(self, message: str, error: bool = False) -> None:
-        from napari.utils.notifications import show_error, show_info
+    def _notify(self, message: str, error: bool = False, warning: bool = False) -> None:
+        from napari.utils.notifications import show_error, show_info, show_warning
 
         self._status.value = message[:120]
-        (show_error if error else show_info)(message)
+        (show_error if error else show_warning if warning else show_info)(message)
 
     def _particles(self):
         from .data import ParticleData
@@ -132,11 +132,14 @@ class ReconstructionWidget(Container):
             self.result = result
             self._show_map(MapUpdate(result.volume, result.pixel_size, "final"))
             try:
-                write_result(out, data.table, result, settings.method)
+                write_result(out, data.table, result, settings.method, result.coverage)
             except CryoInputError as exc:
                 self._notify(str(exc), error=True)
-            self._draw_final(result)
-            self._notify(f"done: {result.resolution:.2f} Å at FSC 0.143; outputs in {out}")
+            coverage = result.coverage
+            self._draw_final(result, coverage)
+            if coverage.warning():
+                self._notify(coverage.warning(), warning=True)
+            self._notify(f"done: {result.resolution:.2f} Å at FSC 0.143 ({coverage.describe()}); outputs in {out}")
 
         def finished():
             self.worker = None
@@ -163,9 +166,10 @@ class ReconstructionWidget(Container):
         if isinstance(value, MapUpdate):
             self._show_map(value)
             if value.rotations is not None and self._dir_fig is not None:
-                from .outputs import direction_figure
+                from .coverage import view_coverage
+                from .outputs import direction_figure, direction_title
 
-                direction_figure(value.rotations, self._dir_fig, title=f"viewing directions ({value.label})")
+                direction_figure(value.rotations, self._dir_fig, title=direction_title(view_coverage(value.rotations), value.label))
                 self._dir_canvas.draw_idle()
         elif isinstance(value, dict) and "loss" in value:
             self.history.append(value)
@@ -194,15 +198,15 @@ class ReconstructionWidget(Container):
         loss_figure([{"epoch": i + 1, "train_loss": h["loss"]} for i, h in enumerate(self.history)], self._loss_fig, title="loss")
         self._loss_canvas.draw_idle()
 
-    def _draw_final(self, result: ReconstructionResult) -> None:
+    def _draw_final(self, result: ReconstructionResult, coverage) -> None:
         from .fsc import plot_fsc
-        from .outputs import direction_figure
+        from .outputs import direction_figure, direction_title, fsc_note
 
         if self._fsc_fig is not None:
-            plot_fsc({"half maps": result.fsc}, self._fsc_fig)
+            plot_fsc({"half maps": result.fsc}, self._fsc_fig, note=fsc_note(coverage))
             self._fsc_canvas.draw_idle()
         if self._dir_fig is not None:
-            direction_figure(result.rotations, self._dir_fig)
+            direction_figure(result.rotations, self._dir_fig, title=direction_title(coverage))
             self._dir_canvas.draw_idle()
 
     def save_poses(self, path) -> Path | None:

@@ -202,7 +202,7 @@ def soft_mask(box: int, radius: float | None = None, width: float | None = None)
     return (0.5 * (1.0 + np.cos(np.pi * edge))).astype(np.float32)
 
 
-def plot_fsc(curves: dict[str, FscCurve], figure: Figure | None = None) -> Figure:
+def plot_fsc(curves: dict[str, FscCurve], figure: Figure | None = None, note: str | None = None) -> Figure:
     """Plot FSC curves against resolution, with the 0.5 and 0.143 thresholds.
 
     Parameters
@@ -211,6 +211,8 @@ def plot_fsc(curves: dict[str, FscCurve], figure: Figure | None = None) -> Figur
         Label -> curve.
     figure : matplotlib.figure.Figure, optional
         Drawn into (cleared first); a new figure otherwise.
+    note : str, optional
+        A caution written across the plot (e.g. uneven viewing directions).
 
     Returns
     -------
@@ -238,6 +240,8 @@ def plot_fsc(curves: dict[str, FscCurve], figure: Figure | None = None) -> Figur
     ax.set_ylabel("FSC")
     if curves:
         ax.legend(fontsize=8, loc="upper right", frameon=False)
+    if note:
+        ax.text(0.02, 0.04, note, transform=ax.transAxes, fontsize=8, color="tab:red", ha="left", va="bottom", wrap=True)
     return fig
 
 

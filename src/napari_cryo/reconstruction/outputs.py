@@ -57,21 +57,39 @@ def direction_figure(rotations: np.ndarray, figure=None, title: str = "viewing d
     return figure
 
 
-def write_result(out_dir: str | os.PathLike, particles: ParticleTable, result, method: str = "") -> list[Path]:
-    """Write a finished run's maps, poses and plots into ``out_dir`` (replacing an earlier run's)."""
+def fsc_note(coverage) -> str | None:
+    """What to print on the half-map FSC plot when the views are too uneven for it to describe the map."""
+    if coverage.even:
+        return None
+    return f"uneven views (SCF {coverage.scf:.2f}): this FSC can overstate the map's resolution"
+
+
+def direction_title(coverage, label: str = "") -> str:
+    """The viewing-direction plot's title: what the poses are and how evenly they fill Fourier space."""
+    where = f" ({label})" if label else ""
+    return f"viewing directions{where}, SCF {coverage.scf:.2f}"
+
+
+def write_result(out_dir: str | os.PathLike, particles: ParticleTable, result, method: str = "", coverage=None) -> list[Path]:
+    """Write a finished run's maps, poses and plots into ``out_dir`` (replacing an earlier run's).
+
+    ``coverage`` (:class:`.coverage.ViewCoverage`, measured from the result when omitted) titles the
+    direction plot, and uneven coverage is written onto the FSC plot, where it changes how to read it.
+    """
     from ..io.mrc import write_mrc
     from ..plots import loss_figure, save_figure
     from .fsc import plot_fsc
 
     out = Path(out_dir)
     px = result.pixel_size
+    coverage = coverage if coverage is not None else result.coverage
     written = [
         write_mrc(out / "volume.mrc", result.volume, px, overwrite=True),
         write_mrc(out / "half1.mrc", result.half1, px, overwrite=True),
         write_mrc(out / "half2.mrc", result.half2, px, overwrite=True),
         write_poses(out / "poses.star", particles, result.rotations, result.shifts * px, overwrite=True),
-        save_figure(plot_fsc({"half maps": result.fsc}), out / "fsc.png"),
-        save_figure(direction_figure(result.rotations), out / "directions.png"),
+        save_figure(plot_fsc({"half maps": result.fsc}, note=fsc_note(coverage)), out / "fsc.png"),
+        save_figure(direction_figure(result.rotations, title=direction_title(coverage)), out / "directions.png"),
     ]
     history = [{"epoch": i + 1, "train_loss": h["loss"]} for i, h in enumerate(result.history)]
     if history:

@@ -165,6 +165,13 @@ class ReconstructionResult:
     resolution: float
     history: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def coverage(self):
+        """How evenly the poses sample Fourier space (:class:`.coverage.ViewCoverage`): read the FSC with it."""
+        from .coverage import view_coverage
+
+        return view_coverage(self.rotations)
+
 
 def sphere_mask(box: int, radius: float | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
     """A soft spherical mask (centre L//2): the particle lives inside the box's inscribed sphere."""
