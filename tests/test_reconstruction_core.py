@@ -117,6 +117,27 @@ def test_reconstruct_writes_everything(dataset, tmp_path, capsys, method):
     assert code == 2 and "already exists" in capsys.readouterr().err
 
 
+def test_reconstruct_warns_when_the_views_collapse(dataset, tmp_path, capsys, monkeypatch):
+    """Poses crowded onto top views: the command says the half-map FSC cannot be trusted, and the plot says so."""
+    import napari_cryo.reconstruction.reconstruct as rec
+    from napari_cryo.reconstruction.backproject import reconstruct_halves
+
+    def collapsed(data, settings, out, resume=False, device="cpu"):
+        n = len(data)
+        rot = euler_to_matrix(np.column_stack([np.zeros(n), np.linspace(0, 20, n), np.linspace(0, 360, n)]))
+        shifts = np.zeros((n, 2))
+        halves = yield from reconstruct_halves(data, rot, shifts)
+        return rec.ReconstructionResult(volume=halves.volume, half1=halves.half1, half2=halves.half2, pixel_size=data.pixel_size,
+                                        rotations=rot, shifts=shifts, fsc=halves.fsc, resolution=halves.resolution)
+
+    monkeypatch.setattr(rec, "reconstruct", collapsed)
+    out = tmp_path / "collapsed"
+    assert main(["reconstruct", str(dataset / "particles.star"), "--out", str(out), "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: viewing directions: SCF 0.00" in captured.err and "unsampled" in captured.err
+    assert "SCF 0.00" in captured.out and (out / "fsc.png").exists()
+
+
 def test_switch_to_auto_decoding_can_be_forced(dataset):
     from napari_cryo.reconstruction.data import ParticleData
     from napari_cryo.reconstruction.reconstruct import ReconstructionSettings, reconstruct

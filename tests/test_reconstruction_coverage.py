@@ -57,14 +57,29 @@ def test_coverage_depends_on_viewing_directions_only():
 
 def test_small_sets_widen_the_planes_rather_than_count_noise():
     coverage = view_coverage(_uniform(200))
-    assert coverage.thickness_deg > 5.0 and coverage.scf > 0.95
-    assert view_coverage(np.zeros((0, 3, 3))).scf == 0.0
+    assert 5.0 < coverage.thickness_deg <= 20.0 and coverage.scf > 0.95
+    # Still wide enough to see a collapse: 200 poses in one view.
+    r = _uniform(200)
+    same_view = Rotation.from_euler("z", np.linspace(0, 360, 200)[:, None], degrees=True).as_matrix() @ r[0]
+    assert not view_coverage(same_view).even
+    # Too few to tell clustering from counting noise: not measured, and no warning.
+    few = view_coverage(_uniform(40))
+    assert not few.measured and few.even and few.warning() is None and "too few" in few.describe()
+    assert not view_coverage(np.zeros((0, 3, 3))).measured
+
+
+def test_rotations_that_are_not_finite_are_left_out():
+    r = _uniform(1000)
+    r[:100] = np.nan
+    coverage = view_coverage(r)
+    assert coverage.particles == 900 and coverage.scf > 0.95
+    with pytest.raises(ValueError, match="directions"):
+        view_coverage(r, directions=0)
 
 
 def test_uneven_views_are_written_on_the_fsc_plot(tmp_path):
-    from napari_cryo.reconstruction.fsc import fsc
+    from napari_cryo.reconstruction.fsc import fsc, plot_fsc
     from napari_cryo.reconstruction.outputs import direction_title, fsc_note
-    from napari_cryo.reconstruction.fsc import plot_fsc
 
     r = _uniform(4000, seed=5)
     collapsed = view_coverage(r[np.abs(_views(r)[:, 2]) > 0.9])

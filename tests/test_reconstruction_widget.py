@@ -55,7 +55,10 @@ def test_run_pause_resume_stop(make_napari_viewer, qtbot, dataset, tmp_path):
     assert widget.save_poses(tmp_path / "poses_copy.star").exists()
     assert np.isfinite(widget.result.resolution) or widget.result.resolution == float("inf")
     if widget._dir_fig is not None:  # the final direction plot says how evenly the poses fill Fourier space
-        assert "SCF" in widget._dir_fig.axes[0].get_title()
+        from napari_cryo.reconstruction.outputs import direction_title
+
+        assert widget._dir_fig.axes[0].get_title() == direction_title(widget.result.coverage)
+        assert "SCF" in direction_title(widget.result.coverage)
 
 
 def test_search_method_in_the_widget(make_napari_viewer, qtbot, dataset, tmp_path):

@@ -70,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
     result = run_with_tqdm(reconstruct(data, settings, out, resume=args.resume, device=device), "reconstruct")
     px = result.pixel_size
     coverage = result.coverage
-    write_result(out, data.table, result, settings.method, coverage)
+    write_result(out, data.table, result, settings.method)
     if coverage.warning():
         print(f"napari-cryo reconstruct: warning: {coverage.warning()}", file=sys.stderr)
     print(f"{out / 'volume.mrc'}: resolution {result.resolution:.2f} Å at FSC 0.143 (half maps), {px:.3g} Å/px; {coverage.describe()}")

@@ -18,6 +18,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, SpinBox, create_widget
 
 from ..errors import CryoInputError
+from .coverage import ViewCoverage
 from .reconstruct import METHODS, MapUpdate, ReconstructionResult, ReconstructionSettings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -132,7 +133,7 @@ class ReconstructionWidget(Container):
             self.result = result
             self._show_map(MapUpdate(result.volume, result.pixel_size, "final"))
             try:
-                write_result(out, data.table, result, settings.method, result.coverage)
+                write_result(out, data.table, result, settings.method)
             except CryoInputError as exc:
                 self._notify(str(exc), error=True)
             coverage = result.coverage
@@ -166,10 +167,9 @@ class ReconstructionWidget(Container):
         if isinstance(value, MapUpdate):
             self._show_map(value)
             if value.rotations is not None and self._dir_fig is not None:
-                from .coverage import view_coverage
                 from .outputs import direction_figure, direction_title
 
-                direction_figure(value.rotations, self._dir_fig, title=direction_title(view_coverage(value.rotations), value.label))
+                direction_figure(value.rotations, self._dir_fig, title=direction_title(value.coverage, value.label))
                 self._dir_canvas.draw_idle()
         elif isinstance(value, dict) and "loss" in value:
             self.history.append(value)
@@ -198,7 +198,7 @@ class ReconstructionWidget(Container):
         loss_figure([{"epoch": i + 1, "train_loss": h["loss"]} for i, h in enumerate(self.history)], self._loss_fig, title="loss")
         self._loss_canvas.draw_idle()
 
-    def _draw_final(self, result: ReconstructionResult, coverage) -> None:
+    def _draw_final(self, result: ReconstructionResult, coverage: ViewCoverage) -> None:
         from .fsc import plot_fsc
         from .outputs import direction_figure, direction_title, fsc_note
 

@@ -11,6 +11,7 @@ import pandas as pd
 from ..geometry import matrix_to_euler
 from ..io.atomic import atomic_path
 from ..io.star import ParticleTable
+from .coverage import ViewCoverage
 
 OUTPUT_FILES = ("volume.mrc", "half1.mrc", "half2.mrc", "poses.star", "fsc.png")
 
@@ -57,24 +58,26 @@ def direction_figure(rotations: np.ndarray, figure=None, title: str = "viewing d
     return figure
 
 
-def fsc_note(coverage) -> str | None:
+def fsc_note(coverage: ViewCoverage) -> str | None:
     """What to print on the half-map FSC plot when the views are too uneven for it to describe the map."""
     if coverage.even:
         return None
     return f"uneven views (SCF {coverage.scf:.2f}): this FSC can overstate the map's resolution"
 
 
-def direction_title(coverage, label: str = "") -> str:
+def direction_title(coverage: ViewCoverage | None, label: str = "") -> str:
     """The viewing-direction plot's title: what the poses are and how evenly they fill Fourier space."""
     where = f" ({label})" if label else ""
+    if coverage is None or not coverage.measured:
+        return f"viewing directions{where}"
     return f"viewing directions{where}, SCF {coverage.scf:.2f}"
 
 
-def write_result(out_dir: str | os.PathLike, particles: ParticleTable, result, method: str = "", coverage=None) -> list[Path]:
+def write_result(out_dir: str | os.PathLike, particles: ParticleTable, result, method: str = "") -> list[Path]:
     """Write a finished run's maps, poses and plots into ``out_dir`` (replacing an earlier run's).
 
-    ``coverage`` (:class:`.coverage.ViewCoverage`, measured from the result when omitted) titles the
-    direction plot, and uneven coverage is written onto the FSC plot, where it changes how to read it.
+    The result's view coverage titles the direction plot, and uneven coverage is written onto the FSC
+    plot, where it changes how to read it.
     """
     from ..io.mrc import write_mrc
     from ..plots import loss_figure, save_figure
@@ -82,7 +85,7 @@ def write_result(out_dir: str | os.PathLike, particles: ParticleTable, result, m
 
     out = Path(out_dir)
     px = result.pixel_size
-    coverage = coverage if coverage is not None else result.coverage
+    coverage = result.coverage
     written = [
         write_mrc(out / "volume.mrc", result.volume, px, overwrite=True),
         write_mrc(out / "half1.mrc", result.half1, px, overwrite=True),

@@ -55,6 +55,7 @@ import torch
 from ..errors import CryoInputError
 from ..io.atomic import atomic_path
 from ..tasks import Progress
+from .coverage import ViewCoverage, view_coverage
 from .models import FourierNet, PoseEncoder, VoxelVolume, rotation_from_6d, rotation_to_6d
 
 METHODS = ("cryospin", "cryoai", "search")
@@ -149,6 +150,12 @@ class MapUpdate:
     path: Path | None = None
     rotations: np.ndarray | None = None  # (N, 3, 3) the poses reached, for direction plots and benchmarks
     elapsed_s: float = 0.0
+    coverage: ViewCoverage | None = None
+
+    def __post_init__(self) -> None:
+        # Measured here, in the worker that yields the update, not on the GUI thread that draws it.
+        if self.rotations is not None and self.coverage is None:
+            self.coverage = view_coverage(self.rotations)
 
 
 @dataclass
@@ -164,13 +171,12 @@ class ReconstructionResult:
     fsc: Any
     resolution: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    coverage: ViewCoverage | None = None  # how evenly the poses sample Fourier space: read the FSC with it
 
-    @property
-    def coverage(self):
-        """How evenly the poses sample Fourier space (:class:`.coverage.ViewCoverage`): read the FSC with it."""
-        from .coverage import view_coverage
-
-        return view_coverage(self.rotations)
+    def __post_init__(self) -> None:
+        # Measured where the result is made (the worker), not where it is shown.
+        if self.coverage is None:
+            self.coverage = view_coverage(self.rotations)
 
 
 def sphere_mask(box: int, radius: float | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
