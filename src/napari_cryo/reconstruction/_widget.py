@@ -18,7 +18,6 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, SpinBox, create_widget
 
 from ..errors import CryoInputError
-from .coverage import ViewCoverage
 from .reconstruct import METHODS, MapUpdate, ReconstructionResult, ReconstructionSettings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -137,7 +136,7 @@ class ReconstructionWidget(Container):
             except CryoInputError as exc:
                 self._notify(str(exc), error=True)
             coverage = result.coverage
-            self._draw_final(result, coverage)
+            self._draw_final(result)
             if coverage.warning():
                 self._notify(coverage.warning(), warning=True)
             self._notify(f"done: {result.resolution:.2f} Å at FSC 0.143 ({coverage.describe()}); outputs in {out}")
@@ -198,9 +197,11 @@ class ReconstructionWidget(Container):
         loss_figure([{"epoch": i + 1, "train_loss": h["loss"]} for i, h in enumerate(self.history)], self._loss_fig, title="loss")
         self._loss_canvas.draw_idle()
 
-    def _draw_final(self, result: ReconstructionResult, coverage: ViewCoverage) -> None:
+    def _draw_final(self, result: ReconstructionResult) -> None:
         from .fsc import plot_fsc
         from .outputs import direction_figure, direction_title, fsc_note
+
+        coverage = result.coverage
 
         if self._fsc_fig is not None:
             plot_fsc({"half maps": result.fsc}, self._fsc_fig, note=fsc_note(coverage))

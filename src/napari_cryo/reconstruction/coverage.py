@@ -99,22 +99,11 @@ class ViewCoverage:
 
 
 def sphere_directions(n: int) -> np.ndarray:
-    """Nearly uniform unit vectors on the sphere (a Fibonacci lattice).
+    """The pose search's Fibonacci directions as unit vectors, shape (n, 3)."""
+    from .search import fibonacci_directions
 
-    Parameters
-    ----------
-    n : int
-        How many.
-
-    Returns
-    -------
-    ndarray, shape (n, 3)
-    """
-    i = np.arange(n) + 0.5
-    z = 1.0 - 2.0 * i / n
-    phi = i * math.pi * (3.0 - math.sqrt(5.0))
-    r = np.sqrt(1.0 - z**2)
-    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=-1)
+    rot, tilt = np.radians(fibonacci_directions(n))
+    return np.stack([np.sin(tilt) * np.cos(rot), np.sin(tilt) * np.sin(rot), np.cos(tilt)], axis=-1)
 
 
 def view_coverage(rotations: np.ndarray, thickness_deg: float = 5.0, directions: int = 2000) -> ViewCoverage:
