@@ -187,6 +187,26 @@ def sphere_mask(box: int, radius: float | None = None, device: torch.device | st
     return torch.clamp((radius + 2 - d) / 2, 0, 1)
 
 
+def random_start(box: int, radius: float, mask: torch.Tensor, seed: int = 0, rms: float = 0.3) -> torch.Tensor:
+    """cryoSPIN's first volume: white noise low-passed to ``radius`` (cycles/pixel), inside ``mask``.
+
+    The published code starts its Fourier volume from Gaussian noise too.  A
+    blank start renders every head's pose as the same empty image, so the
+    winner-takes-all choice carries no information in the first steps.  Scaled
+    so that projections have an RMS of ``rms`` (images are normalised to unit
+    background noise; the per-image scale of the loss absorbs the rest).
+    """
+    from .fsc import uniform_rotations
+    from .physics import central_slices, volume_to_fourier
+
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(box, box, box, generator=g)
+    volume = torch.as_tensor(low_pass(noise.numpy(), radius)) * mask
+    rot = torch.as_tensor(uniform_rotations(8), dtype=torch.float32)
+    proj = torch.fft.irfft2(central_slices(volume_to_fourier(volume), rot), s=(box, box))
+    return volume * (rms / proj.std().clamp_min(1e-12))
+
+
 def frequency_radius(box: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """|k| in cycles per pixel on the rfft2 grid (L, L//2+1)."""
     ky = torch.fft.fftfreq(box, device=device)[:, None]
@@ -204,7 +224,11 @@ class _Run:
         torch.manual_seed(settings.seed)
         heads = settings.heads if settings.method == "cryospin" else 1
         self.encoder = PoseEncoder(box, heads=heads, max_shift=settings.max_shift * box).to(device)
-        self.decoder = (VoxelVolume(box) if settings.method == "cryospin" else FourierNet()).to(device)
+        self.mask = sphere_mask(box, device=device)
+        if settings.method == "cryospin":
+            self.decoder = VoxelVolume(box, random_start(box, settings.shared_radius, self.mask.cpu(), settings.seed)).to(device)
+        else:
+            self.decoder = FourierNet().to(device)
         self.opt_encoder = torch.optim.Adam(self.encoder.parameters(), lr=settings.encoder_lr)
         self.opt_decoder = torch.optim.Adam(self.decoder.parameters(), lr=settings.volume_lr if settings.method == "cryospin" else 1e-4)
         n = len(data)
@@ -225,7 +249,6 @@ class _Run:
         self.elapsed = 0.0
         self.history: list[dict[str, Any]] = []
         self.maps_written: list[str] = []
-        self.mask = sphere_mask(box, device=device)
         # Model images get the mask the data got, else poses bend to explain the missing corners.
         self.image_mask = torch.as_tensor(np.asarray(data.image_mask), dtype=torch.float32, device=device)
         self.kr = frequency_radius(box, device)
@@ -317,8 +340,12 @@ def _ctf(data, batch, box: int, device) -> torch.Tensor | None:
     return ctf_2d({k: v for k, v in batch.ctf.items()}, box, data.pixel_size).to(device)
 
 
+#: Bumped when the networks' layers change, so that an older checkpoint is refused with a message, not a traceback.
+CHECKPOINT_FORMAT = 2
+
+
 def _run_key(data, settings: ReconstructionSettings) -> str:
-    fingerprint = [str(Path(data.star_path).resolve()), len(data), data.box, data.original_box, settings.key()]
+    fingerprint = [str(Path(data.star_path).resolve()), len(data), data.box, data.original_box, settings.key(), CHECKPOINT_FORMAT]
     return hashlib.sha1(json.dumps(fingerprint).encode()).hexdigest()[:16]
 
 
@@ -463,7 +490,7 @@ def start_or_resume(out: Path | None, key: str, resume: bool, device: torch.devi
         except Exception as exc:  # noqa: BLE001 - a damaged checkpoint is reported, not silently dropped
             raise CryoInputError(out / CHECKPOINT, f"cannot be read to resume ({type(exc).__name__})") from None
         if state.get("key") != key:
-            raise CryoInputError(out / CHECKPOINT, "belongs to other particles or settings; start without --resume or use another --out")
+            raise CryoInputError(out / CHECKPOINT, "belongs to other particles, other settings or an older napari-cryo; start without --resume or use another --out")
         return state
     if out is not None and (out / "progress.csv").exists():
         (out / "progress.csv").unlink()
@@ -565,7 +592,8 @@ def reconstruct(
                 ctf = _ctf(data, batch, box, device)
                 idx = torch.as_tensor(batch.indices)
                 if run.phase == "amortized":
-                    run.encoder.train()
+                    # Batch norm needs two images to standardise over; a lone last image uses the running statistics.
+                    run.encoder.train(len(images) > 1)
                     rotations, shifts = run.encoder(images)
                     err, flip = _head_errors(run, target, rotations, shifts, ctf, radius)
                     best, which = err.min(dim=1)
