@@ -103,6 +103,20 @@ def test_cryospin_heads_give_different_images_different_views(dataset, tmp_path)
     assert views.mean(dim=0).norm(dim=-1).max() < 0.9, views.mean(dim=0).norm(dim=-1)
 
 
+def test_an_epoch_ending_in_a_lone_image_trains(dataset):
+    """600 particles in batches of 599: the last batch has one image, which batch norm cannot standardise alone."""
+    from napari_cryo.reconstruction.data import ParticleData
+    from napari_cryo.reconstruction.reconstruct import ReconstructionSettings, reconstruct
+
+    data = ParticleData(dataset / "particles.star")
+    settings = ReconstructionSettings(method="cryospin", max_minutes=5.0, batch_size=599, heads=2, patience=100)
+    epochs = []
+    for item in reconstruct(data, settings, stop=lambda: len(epochs) >= 1):
+        if isinstance(item, dict):
+            epochs.append(item)
+    assert epochs[0]["phase"] == "amortized" and np.isfinite(epochs[0]["loss"])
+
+
 def test_known_pose_reconstruction_reaches_the_data_limit(dataset):
     from napari_cryo.reconstruction.backproject import reconstruct_halves
     from napari_cryo.reconstruction.data import ParticleData
