@@ -75,6 +75,15 @@ def test_encoder_heads_and_translation_head_trains():
     assert enc.translation.weight.grad.abs().sum() > 0  # the head receives gradient from the start
 
 
+def _first_epochs(reconstruct, data, settings, n: int, out=None) -> list[dict]:
+    """Run ``reconstruct`` until ``n`` epochs are recorded (then its Stop), returning their records."""
+    epochs: list[dict] = []
+    for item in reconstruct(data, settings, out, stop=lambda: len(epochs) >= n):
+        if isinstance(item, dict):
+            epochs.append(item)
+    return epochs
+
+
 def test_cryospin_heads_give_different_images_different_views(dataset, tmp_path):
     """Two amortized epochs: each head's viewing direction must depend on the image.
 
@@ -88,11 +97,7 @@ def test_cryospin_heads_give_different_images_different_views(dataset, tmp_path)
 
     data = ParticleData(dataset / "particles.star")
     settings = ReconstructionSettings(method="cryospin", max_minutes=5.0, batch_size=32, heads=3, patience=100)
-    epochs = []
-    gen = reconstruct(data, settings, tmp_path, stop=lambda: len(epochs) >= 2)
-    for item in gen:
-        if isinstance(item, dict):
-            epochs.append(item)
+    epochs = _first_epochs(reconstruct, data, settings, 2, tmp_path)
     assert [e["phase"] for e in epochs] == ["amortized", "amortized"]
     encoder = PoseEncoder(32, heads=3, max_shift=3.2)
     encoder.load_state_dict(torch.load(tmp_path / CHECKPOINT, weights_only=False)["encoder"])
@@ -110,10 +115,7 @@ def test_an_epoch_ending_in_a_lone_image_trains(dataset):
 
     data = ParticleData(dataset / "particles.star")
     settings = ReconstructionSettings(method="cryospin", max_minutes=5.0, batch_size=599, heads=2, patience=100)
-    epochs = []
-    for item in reconstruct(data, settings, stop=lambda: len(epochs) >= 1):
-        if isinstance(item, dict):
-            epochs.append(item)
+    epochs = _first_epochs(reconstruct, data, settings, 1)
     assert epochs[0]["phase"] == "amortized" and np.isfinite(epochs[0]["loss"])
 
 
