@@ -194,6 +194,54 @@ def test_switch_to_auto_decoding_can_be_forced(dataset):
     assert result.rotations.shape == (600, 3, 3) and np.all(np.isfinite(result.volume))
 
 
+def test_amortized_box_holds_the_shared_band():
+    from napari_cryo.errors import CryoInputError
+    from napari_cryo.reconstruction.reconstruct import amortized_box
+
+    assert amortized_box(64, 0.15) == 32  # 0.15 cycles/px at 64 px is 0.3 at 32 px
+    assert amortized_box(128, 0.15) == 64 and amortized_box(100, 0.15) == 50
+    assert amortized_box(32, 0.15) == 32 and amortized_box(24, 0.15) == 24  # never below 32, never above the box
+    assert amortized_box(64, 0.15, requested=64) == 64
+    for bad in (15, 17, 66):
+        with pytest.raises(CryoInputError, match="amortized box"):
+            amortized_box(64, 0.15, requested=bad)
+
+
+def test_amortized_phase_at_a_smaller_box_hands_working_box_poses_on(dataset, tmp_path):
+    """Encoder on 16-px images, per-particle poses on 32 px: origins double, maps keep the working box."""
+    from napari_cryo.reconstruction import reconstruct as rec
+    from napari_cryo.reconstruction.data import ParticleData
+
+    data = ParticleData(dataset / "particles.star")
+    settings = rec.ReconstructionSettings(method="cryospin", heads=1, amortized_box=16)
+    run = rec._Run(data, settings, torch.device("cpu"))
+    assert run.box == 16 and run.shared_band == pytest.approx(0.3)
+    torch.nn.init.normal_(run.encoder.translation.weight, std=0.1)  # a trained translation head: origins off centre
+    run.encoder.eval()
+    with torch.no_grad():
+        _, small_origins = run.encoder(run.data.batch(np.arange(len(data))).images)
+    assert small_origins.abs().max() > 0.1
+    drain(rec._initialise_poses(run, "cpu"))
+    assert run.box == 32 and run.half_decoders[0].voxels.shape == (32, 32, 32)
+    torch.testing.assert_close(run.shifts, 2 * small_origins)
+
+    out = tmp_path / "run"
+    code = main(["reconstruct", str(dataset / "particles.star"), "--out", str(out), "--amortized-box", "16", "--heads", "2",
+                 "--max-minutes", "0.2", "--switch-after", "0.05", "--map-minutes", "0.01", "--batch-size", "64", "--device", "cpu"])
+    assert code == 0
+    rows = (out / "progress.csv").read_text().splitlines()[1:]
+    assert {"amortized", "auto-decoding"} <= {r.split(",")[1] for r in rows}
+    maps = sorted(out.glob("intermediate_*.mrc"))
+    assert len(maps) >= 2
+    for path in maps:
+        volume, info = read_mrc(path)
+        assert volume.shape == (32, 32, 32) and info.voxel_size == pytest.approx((2.0, 2.0, 2.0)), path.name
+    # A checkpoint taken after the switch resumes at the working box.
+    resumed = rec._Run(data, rec.ReconstructionSettings(method="cryospin", heads=2, amortized_box=16, batch_size=64), torch.device("cpu"))
+    resumed.load(torch.load(out / rec.CHECKPOINT, weights_only=False))
+    assert resumed.box == 32 and resumed.half_decoders[0].voxels.shape == (32, 32, 32)
+
+
 def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(dataset, tmp_path, monkeypatch):
     from napari_cryo.reconstruction import reconstruct as rec
     from napari_cryo.reconstruction.data import ParticleData

@@ -29,6 +29,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-minutes", type=float, default=d.max_minutes, metavar="T", help=f"time budget for pose inference (default {d.max_minutes:g})")
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--heads", type=int, default=d.heads, help=f"cryoSPIN encoder heads (default {d.heads})")
+    parser.add_argument("--amortized-box", type=int, metavar="L",
+                        help="cryospin/cryoai: box of the amortized phase (even; default: the smallest that holds its band, at least 32)")
     parser.add_argument("--switch-after", type=float, metavar="MIN", help="force the switch to per-particle poses after MIN minutes (default: automatic)")
     parser.add_argument("--pose-steps", type=int, default=d.pose_steps, help="pose updates per volume update when auto-decoding")
     parser.add_argument("--first-map-batches", type=int, default=d.first_map_batches, help=f"search: batches of the stochastic first map (default {d.first_map_batches})")
@@ -58,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
         raise CryoInputError(out / existing[0], "already exists (use --overwrite to replace it, or --resume to continue)")
     settings = ReconstructionSettings(
         method=args.method, batch_size=args.batch_size, max_minutes=args.max_minutes, heads=args.heads,
-        switch_after=args.switch_after, pose_steps=args.pose_steps, seed=args.seed,
+        switch_after=args.switch_after, amortized_box=args.amortized_box, pose_steps=args.pose_steps, seed=args.seed,
         checkpoint_minutes=args.checkpoint_minutes, map_minutes=args.map_minutes, first_map_batches=args.first_map_batches,
     )
     data = ParticleData(args.particles, box=args.box, invert=args.invert, phase_flip=args.phase_flip)

@@ -101,6 +101,11 @@ class ReconstructionSettings:
         cryoSPIN and cryoAI: band (cycles/pixel) below which the two half-sets may share
         information at the switch to per-particle poses; above it the
         gold-standard FSC is independent.
+    amortized_box : int or None
+        cryoSPIN and cryoAI: box (even pixels) of the amortized phase, which compares
+        images only below ``shared_radius`` and so needs no finer sampling.
+        None: :func:`amortized_box` chooses it (32 for a 64-px working box);
+        the working box turns the Fourier cropping off.
     checkpoint_minutes, map_minutes : float
         How often to checkpoint and to write an intermediate map.
     seed : int
@@ -123,6 +128,7 @@ class ReconstructionSettings:
     plateau: float = 0.005
     converged_degrees: float = 0.2
     shared_radius: float = 0.15
+    amortized_box: int | None = None
     checkpoint_minutes: float = 2.0
     map_minutes: float = 3.0
     seed: int = 0
@@ -179,6 +185,46 @@ class ReconstructionResult:
             self.coverage = view_coverage(self.rotations)
 
 
+#: Band of the amortized phase in cycles/pixel of its own box: room to Nyquist for the soft mask's spread.
+AMORTIZED_BAND = 0.3
+#: Smallest automatic amortized box: the encoder's CNN needs a few pooling levels.
+MIN_AMORTIZED_BOX = 32
+
+
+def amortized_box(box: int, shared_radius: float, requested: int | None = None) -> int:
+    """The box of the amortized phase for a working ``box``.
+
+    The amortized phase compares images only below ``shared_radius``
+    (cycles/pixel of the working box), so a Fourier-cropped box that holds
+    that band at :data:`AMORTIZED_BAND` of its own sampling loses nothing, and
+    each epoch costs about (small / box)³ of one at the working box.
+
+    Parameters
+    ----------
+    box : int
+        Working box (pixels).
+    shared_radius : float
+        The amortized band (cycles/pixel of ``box``).
+    requested : int, optional
+        A box chosen by the user: even, at least 16 and at most ``box``.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    CryoInputError
+        For a requested box that is odd, below 16 or above ``box``.
+    """
+    if requested is not None:
+        if requested % 2 or not 16 <= requested <= box:
+            raise CryoInputError(None, f"the amortized box must be even, from 16 to the working box ({box}), got {requested}")
+        return int(requested)
+    need = math.ceil(box * shared_radius / AMORTIZED_BAND)
+    return min(box, max(MIN_AMORTIZED_BOX, need + need % 2))
+
+
 def sphere_mask(box: int, radius: float | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
     """A soft spherical mask (centre L//2): the particle lives inside the box's inscribed sphere."""
     radius = radius if radius is not None else box / 2 - 2
@@ -218,15 +264,19 @@ class _Run:
     """The state of one run: networks, optimisers, poses, phase, clock."""
 
     def __init__(self, data, settings: ReconstructionSettings, device: torch.device) -> None:
-        self.data, self.s, self.device = data, settings, device
-        box = data.box or data.original_box
-        self.box = box
+        self.s, self.device = settings, device
+        self.full = data
+        self.full_box = data.box or data.original_box
+        small = amortized_box(self.full_box, settings.shared_radius, settings.amortized_box)
+        # The amortized phase runs on Fourier-cropped images; per-particle poses on the working box.
+        self.amortized = data if small == self.full_box else data.at_box(small)
+        self._use(self.amortized)
+        box = self.box
         torch.manual_seed(settings.seed)
         heads = settings.heads if settings.method == "cryospin" else 1
         self.encoder = PoseEncoder(box, heads=heads, max_shift=settings.max_shift * box).to(device)
-        self.mask = sphere_mask(box, device=device)
         if settings.method == "cryospin":
-            self.decoder = VoxelVolume(box, random_start(box, settings.shared_radius, self.mask.cpu(), settings.seed)).to(device)
+            self.decoder = VoxelVolume(box, random_start(box, self.shared_band, self.mask.cpu(), settings.seed)).to(device)
         else:
             self.decoder = FourierNet().to(device)
         self.opt_encoder = torch.optim.Adam(self.encoder.parameters(), lr=settings.encoder_lr)
@@ -249,9 +299,29 @@ class _Run:
         self.elapsed = 0.0
         self.history: list[dict[str, Any]] = []
         self.maps_written: list[str] = []
+
+    def _use(self, data) -> None:
+        """Work on ``data``'s box: the amortized one, then the working one."""
+        self.data = data
+        self.box = data.box or data.original_box
+        self.mask = sphere_mask(self.box, device=self.device)
         # Model images get the mask the data got, else poses bend to explain the missing corners.
-        self.image_mask = torch.as_tensor(np.asarray(data.image_mask), dtype=torch.float32, device=device)
-        self.kr = frequency_radius(box, device)
+        self.image_mask = torch.as_tensor(np.asarray(data.image_mask), dtype=torch.float32, device=self.device)
+        self.kr = frequency_radius(self.box, self.device)
+
+    @property
+    def shared_band(self) -> float:
+        """``shared_radius`` in cycles/pixel of the current box."""
+        return self.s.shared_radius * self.full_box / self.box
+
+    @property
+    def to_full(self) -> float:
+        """Pixels of the working box per pixel of the current box (origins are kept in working-box pixels)."""
+        return self.full_box / self.box
+
+    def use_working_box(self) -> None:
+        """Leave the amortized box for the working box (the encoder is done with)."""
+        self._use(self.full)
 
     # -- checkpoints
     def state(self) -> dict[str, Any]:
@@ -266,12 +336,13 @@ class _Run:
     def load(self, state: dict[str, Any]) -> None:
         self.encoder.load_state_dict(state["encoder"])
         self.decoder.load_state_dict(state["decoder"])
+        self.rot6d, self.shifts = state["rot6d"], state["shifts"]
+        self.phase, self.epoch, self.elapsed = state["phase"], int(state["epoch"]), float(state["elapsed"])
         if state.get("halves") is not None:
+            self.use_working_box()
             self.use_half_volumes(state["halves"])
         self.opt_encoder.load_state_dict(state["opt_encoder"])
         self.opt_decoder.load_state_dict(state["opt_decoder"])
-        self.rot6d, self.shifts = state["rot6d"], state["shifts"]
-        self.phase, self.epoch, self.elapsed = state["phase"], int(state["epoch"]), float(state["elapsed"])
         self.switched_at = float(state["switched_at"])
         self.history, self.maps_written = list(state["history"]), list(state["maps"])
 
@@ -341,7 +412,7 @@ def _ctf(data, batch, box: int, device) -> torch.Tensor | None:
 
 
 #: Bumped when the networks' layers change, so that an older checkpoint is refused with a message, not a traceback.
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 
 
 def _run_key(data, settings: ReconstructionSettings) -> str:
@@ -408,9 +479,9 @@ def _unflip(rotations: torch.Tensor, origins: torch.Tensor, flipped: torch.Tenso
 
 
 def _band(run: _Run, elapsed: float, budget: float) -> float:
-    """The band compared (cycles/pixel): ``shared_radius`` while amortized (the encoder and the decoder
-    see every particle); after the switch, from there to Nyquist over half the time left."""
-    start = run.s.shared_radius
+    """The band compared (cycles/pixel of the current box): ``shared_radius`` while amortized (the encoder
+    and the decoder see every particle); after the switch, from there to Nyquist over half the time left."""
+    start = run.shared_band
     if run.phase == "amortized":
         return start
     span = max(1e-6, 0.5 * (budget - run.switched_at))
@@ -424,30 +495,33 @@ def _angle_between(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _initialise_poses(run: _Run, data, box: int, device) -> Generator[Progress, None, None]:
+def _initialise_poses(run: _Run, device) -> Generator[Progress, None, None]:
     """Each particle's pose from the trained encoder's best head, chosen below the shared band.
 
-    Then each half-set's volume is back-projected from its own particles and
-    low-passed to that band (see the module notes on Einstein from noise).
+    Then, at the working box, each half-set's volume is back-projected from
+    its own particles and low-passed to that band (see the module notes on
+    Einstein from noise).
     """
     run.encoder.eval()
+    data = run.data
     n = len(data)
     done = 0
     for batch in data.batches(256, shuffle=False):
         images = batch.images.to(device)
         target = torch.fft.rfft2(images)
-        ctf = _ctf(data, batch, box, device)
+        ctf = _ctf(data, batch, run.box, device)
         rotations, shifts = run.encoder(images)
-        err, flip = _head_errors(run, target, rotations, shifts, ctf, run.s.shared_radius)
+        err, flip = _head_errors(run, target, rotations, shifts, ctf, run.shared_band)
         which = err.argmin(dim=1)
         rows = torch.arange(len(which), device=which.device)
         chosen, origin = _unflip(rotations[rows, which].cpu(), shifts.cpu(), flip[rows, which].cpu())
         idx = torch.as_tensor(batch.indices)
         run.rot6d[idx] = rotation_to_6d(chosen)
-        run.shifts[idx] = origin
+        run.shifts[idx] = origin * run.to_full
         done += len(idx)
         yield Progress(done, n, "initialising poses")
-    yield from _volume_from_poses(run, data)
+    run.use_working_box()
+    yield from _volume_from_poses(run, run.data)
 
 
 def _volume_from_poses(run: _Run, data) -> Generator[Progress, None, None]:
@@ -464,7 +538,7 @@ def _volume_from_poses(run: _Run, data) -> Generator[Progress, None, None]:
         rows = torch.nonzero(run.half_of == h).flatten().numpy()
         numerator, weights = yield from accumulate(data, rows, rotations, run.shifts.numpy())
         volume = wiener(numerator, weights, 0.05 * float(weights.mean()))
-        volumes.append(low_pass(volume, run.s.shared_radius))
+        volumes.append(low_pass(volume, run.shared_band))
     run.use_half_volumes(volumes)
 
 
@@ -571,13 +645,15 @@ def reconstruct(
     last_ckpt = last_map = time.perf_counter()
     n = len(data)
     steps = max(1, math.ceil(n / settings.batch_size))
-    box = run.box
 
     def clock() -> float:
         return time.perf_counter() - start
 
     def emit_map(label: str) -> MapUpdate:
-        volume = run.current_volume().cpu().numpy()
+        from .physics import fourier_crop_volume
+
+        # Every map at the working box, so the viewer's layer and the files keep one size and pixel size.
+        volume = fourier_crop_volume(run.current_volume().cpu(), run.full_box).numpy()
         path = write_intermediate(out, run.maps_written, volume, data.pixel_size)
         return MapUpdate(volume, data.pixel_size, label, path, rotation_from_6d(run.rot6d).numpy(), clock())
 
@@ -585,11 +661,11 @@ def reconstruct(
         while clock() < budget and run.phase != "done" and not (stop is not None and stop()):
             epoch_losses, changes = [], []
             total_done = run.epoch * steps
-            for s, batch in enumerate(data.batches(settings.batch_size, shuffle=True, seed=settings.seed, epoch=run.epoch)):
+            for s, batch in enumerate(run.data.batches(settings.batch_size, shuffle=True, seed=settings.seed, epoch=run.epoch)):
                 radius = _band(run, clock(), budget)
                 images = batch.images.to(device)
                 target = torch.fft.rfft2(images)
-                ctf = _ctf(data, batch, box, device)
+                ctf = _ctf(run.data, batch, run.box, device)
                 idx = torch.as_tensor(batch.indices)
                 if run.phase == "amortized":
                     # Batch norm needs two images to standardise over; a lone last image uses the running statistics.
@@ -604,7 +680,7 @@ def reconstruct(
                         old = rotation_from_6d(run.rot6d[idx])
                         changes.append(_angle_between(chosen, old))
                         run.rot6d[idx] = rotation_to_6d(chosen)
-                        run.shifts[idx] = origin
+                        run.shifts[idx] = origin * run.to_full
                     _check_finite(loss, run, out)
                     run.opt_encoder.zero_grad(set_to_none=True)
                     run.opt_decoder.zero_grad(set_to_none=True)
@@ -633,7 +709,7 @@ def reconstruct(
                     with torch.no_grad():
                         changes.append(_angle_between(rotations.cpu(), before))
                         run.rot6d[idx] = rotation_to_6d(rotations).cpu()
-                        run.shifts[idx] = shift.detach().cpu().clamp(-settings.max_shift * box, settings.max_shift * box)
+                        run.shifts[idx] = shift.detach().cpu().clamp(-settings.max_shift * run.box, settings.max_shift * run.box)
                 value = float(loss.detach())
                 epoch_losses.append(value)
                 run.elapsed = clock()
@@ -665,7 +741,7 @@ def reconstruct(
                 forced = settings.switch_after is not None and clock() >= settings.switch_after * 60
                 if forced or plateau or clock() >= 0.5 * budget:
                     yield Progress(0, None, "switching to per-particle poses: best head of every particle")
-                    yield from _initialise_poses(run, data, box, device)
+                    yield from _initialise_poses(run, device)
                     run.phase = "auto-decoding"
                     run.switched_at = clock()
                     _save_checkpoint(run, out)
