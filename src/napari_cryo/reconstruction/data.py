@@ -306,7 +306,8 @@ class ParticleData:
     phase_flip : bool
         Multiply each spectrum by the sign of its CTF.  Needs CTF columns.
     invert : bool
-        Invert the contrast (for stacks with white particles on dark).
+        Invert the contrast, for stacks with dark particles on a light background
+        (as projected in a raw micrograph); RELION-extracted particles are white.
     rows : sequence of int, optional
         Use only these rows of the particle table (0-based), in this order.
     ctf_fn : callable, optional

@@ -80,7 +80,7 @@ class ReconstructionSettings:
         (a stochastic first map, then global and local pose searches by
         half-sets; see :mod:`.refine`).
     batch_size : int
-        Images per step.
+        Images per step (32, as in the published cryoSPIN code and as benchmarked).
     max_minutes : float
         Time budget for phases 1 and 2 (the direct reconstruction comes after).
     heads : int
@@ -115,7 +115,7 @@ class ReconstructionSettings:
     """
 
     method: str = "cryospin"
-    batch_size: int = 64
+    batch_size: int = 32
     max_minutes: float = 20.0
     heads: int = 7
     encoder_lr: float = 3e-4
