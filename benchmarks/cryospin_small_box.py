@@ -1,12 +1,13 @@
-"""cryoSPIN with no time pressure at a 32-px working box: does it find poses, and after how many epochs?
+"""cryoSPIN at a chosen working box and budget: does it find poses, and after how many epochs?
 
 Uses a data set written by ``bench_reconstruction.py`` (its ``particles.star`` and
-``ground_truth.star``), Fourier-cropped to ``--box``.  The amortized phase runs
-until half the budget (no switch on a plateau), then per-particle poses until
+``ground_truth.star``), Fourier-cropped to ``--box`` (the amortized phase runs at
+the smaller box that holds its band, see ``amortized_box``).  The amortized phase
+runs until half the budget (no switch on a plateau), then per-particle poses until
 the end.  Prints, at every intermediate map, the wall time, the epoch, the
 median rotation error after the best global alignment and the SCF of the poses.
 
-Run: python -u benchmarks/cryospin_small_box.py /work/bench_recon/tcr3_64_10000 [--box 32] [--minutes 40]
+Run: python -u benchmarks/cryospin_small_box.py /work/bench_recon/tcr3_64_10000 [--box 32] [--minutes 40] [--shared-radius 0.3]
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def main() -> None:
     gt = starfile.read(args.dataset / "ground_truth.star")["particles"]
     truth = euler_to_matrix(gt[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy())
     settings = ReconstructionSettings(method="cryospin", max_minutes=args.minutes, shared_radius=args.shared_radius,
-                                      batch_size=32, patience=10_000, map_minutes=args.minutes / 6)
+                                      patience=10_000, map_minutes=args.minutes / 6)
     start = time.perf_counter()
 
     def report(item) -> None:

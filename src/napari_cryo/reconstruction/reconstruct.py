@@ -269,8 +269,7 @@ class _Run:
         self.full_box = data.box or data.original_box
         small = amortized_box(self.full_box, settings.shared_radius, settings.amortized_box)
         # The amortized phase runs on Fourier-cropped images; per-particle poses on the working box.
-        self.amortized = data if small == self.full_box else data.at_box(small)
-        self._use(self.amortized)
+        self._use(data if small == self.full_box else data.at_box(small))
         box = self.box
         torch.manual_seed(settings.seed)
         heads = settings.heads if settings.method == "cryospin" else 1
@@ -521,11 +520,11 @@ def _initialise_poses(run: _Run, device) -> Generator[Progress, None, None]:
         done += len(idx)
         yield Progress(done, n, "initialising poses")
     run.use_working_box()
-    yield from _volume_from_poses(run, run.data)
+    yield from _volume_from_poses(run)
 
 
-def _volume_from_poses(run: _Run, data) -> Generator[Progress, None, None]:
-    """Replace the voxels by a Wiener back-projection from the current poses.
+def _volume_from_poses(run: _Run) -> Generator[Progress, None, None]:
+    """Replace the voxels by a Wiener back-projection from the current poses, at the current box.
 
     The direct reconstruction is a far better start for per-particle pose
     refinement than voxels fitted by gradient steps while the poses moved.
@@ -536,7 +535,7 @@ def _volume_from_poses(run: _Run, data) -> Generator[Progress, None, None]:
     volumes = []
     for h in (0, 1):
         rows = torch.nonzero(run.half_of == h).flatten().numpy()
-        numerator, weights = yield from accumulate(data, rows, rotations, run.shifts.numpy())
+        numerator, weights = yield from accumulate(run.data, rows, rotations, run.shifts.numpy())
         volume = wiener(numerator, weights, 0.05 * float(weights.mean()))
         volumes.append(low_pass(volume, run.shared_band))
     run.use_half_volumes(volumes)
