@@ -32,7 +32,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amortized-box", type=int, metavar="L",
                         help="cryospin/cryoai: box of the amortized phase (even; default: the smallest that holds its band, at least 32)")
     parser.add_argument("--switch-after", type=float, metavar="MIN", help="force the switch to per-particle poses after MIN minutes (default: automatic)")
-    parser.add_argument("--pose-steps", type=int, default=d.pose_steps, help="pose updates per volume update when auto-decoding")
+    parser.add_argument("--pose-steps", type=int, default=d.pose_steps, help="pose updates per batch when auto-decoding")
     parser.add_argument("--first-map-batches", type=int, default=d.first_map_batches, help=f"search: batches of the stochastic first map (default {d.first_map_batches})")
     parser.add_argument("--invert", action="store_true", help="invert the contrast: the particles are dark on a light background (RELION-extracted particles are white)")
     parser.add_argument("--phase-flip", action="store_true", help="phase-flip the images first (off by default)")

@@ -14,7 +14,16 @@ maps) returning a :class:`ReconstructionResult`.  The run has three phases:
 2. **auto-decoding** (cryoSPIN's semi-amortized phase) — each particle's
    rotation (6-D) and shift become free parameters initialised from its best
    head (chosen within the shared band), with ``pose_steps`` pose updates per
-   volume update.  The switch is automatic when the amortized loss plateaus
+   visit; each particle keeps its own Adam moments from epoch to epoch
+   (:mod:`.particle_adam`).  The volumes are not stepped by gradients here:
+   after each epoch each half volume is solved again, by direct (Wiener)
+   reconstruction from the poses reached, which is the least-squares volume
+   those poses ask for.  Measured on 1BD2 from the true poses turned by 10°
+   (3,000 particles, 4 minutes): a fresh Adam per visit and voxel gradient
+   steps left a median error of 3.2°, per-particle moments 3.0°, moments and
+   volumes solved each epoch 2.5°, and gradient steps on top of the solved
+   volumes changed nothing (2.66° and 2.67° at epoch 10
+   with and without them).  The switch is automatic when the amortized loss plateaus
    (less than ``plateau`` relative improvement over ``patience`` epochs) or
    after half the time budget, or forced with ``switch_after`` (minutes; 0 =
    start auto-decoding at once).  From the switch on each half-set has its
@@ -57,6 +66,7 @@ from ..io.atomic import atomic_path
 from ..tasks import Progress
 from .coverage import ViewCoverage, view_coverage
 from .models import FourierNet, PoseEncoder, VoxelVolume, rotation_from_6d, rotation_to_6d
+from .particle_adam import ParticleAdam
 
 METHODS = ("cryospin", "cryoai", "search")
 CHECKPOINT = "checkpoint.pt"
@@ -86,9 +96,9 @@ class ReconstructionSettings:
     heads : int
         Rotation hypotheses per image (cryoSPIN; cryoAI uses 1).
     encoder_lr, volume_lr, pose_lr : float
-        Adam learning rates of the encoder, the decoder and the per-particle poses.
+        Adam learning rates of the encoder, the decoder (amortized phase) and the per-particle poses.
     pose_steps : int
-        Pose updates per volume update when auto-decoding.
+        Pose updates per batch when auto-decoding.
     max_shift : float
         Largest in-plane translation, as a fraction of the box.
     switch_after : float or None
@@ -285,12 +295,15 @@ class _Run:
         self.rot6d[:, 0] = 1.0
         self.rot6d[:, 4] = 1.0
         self.shifts = torch.zeros(n, 2)
+        self.pose_adam = ParticleAdam(n, 8, settings.pose_lr)
         # Gold standard: once poses are refined per particle, each half-set has its own volume, so the
         # two halves of the final FSC never saw each other's particles through a shared map.
         first, second = data.half_sets(settings.seed)
         self.half_of = torch.zeros(n, dtype=torch.long)
         self.half_of[torch.as_tensor(np.asarray(second), dtype=torch.long)] = 1
-        self.half_decoders: torch.nn.ModuleList | None = None
+        # After the switch: each half-set's volume (real space, masked) and its Fourier transform.
+        self.halves: list[torch.Tensor] | None = None
+        self.half_fourier: list[torch.Tensor] | None = None
         self.phase = "amortized"
         self.switched_at = 0.0  # elapsed seconds at the switch to auto-decoding
         self.diverged = False
@@ -327,15 +340,16 @@ class _Run:
         return {
             "key": self.key, "encoder": self.encoder.state_dict(), "decoder": self.decoder.state_dict(),
             "opt_encoder": self.opt_encoder.state_dict(), "opt_decoder": self.opt_decoder.state_dict(),
-            "rot6d": self.rot6d, "shifts": self.shifts, "phase": self.phase, "epoch": self.epoch, "switched_at": self.switched_at,
+            "rot6d": self.rot6d, "shifts": self.shifts, "pose_adam": self.pose_adam.state_dict(), "phase": self.phase, "epoch": self.epoch, "switched_at": self.switched_at,
             "elapsed": self.elapsed, "history": self.history, "maps": self.maps_written,
-            "halves": None if self.half_decoders is None else [h.voxels.detach().cpu() for h in self.half_decoders],
+            "halves": None if self.halves is None else [h.cpu() for h in self.halves],
         }
 
     def load(self, state: dict[str, Any]) -> None:
         self.encoder.load_state_dict(state["encoder"])
         self.decoder.load_state_dict(state["decoder"])
         self.rot6d, self.shifts = state["rot6d"], state["shifts"]
+        self.pose_adam.load_state_dict(state["pose_adam"])
         self.phase, self.epoch, self.elapsed = state["phase"], int(state["epoch"]), float(state["elapsed"])
         if state.get("halves") is not None:
             self.use_working_box()
@@ -346,14 +360,17 @@ class _Run:
         self.history, self.maps_written = list(state["history"]), list(state["maps"])
 
     def use_half_volumes(self, volumes) -> None:
-        """Switch to one voxel volume per half-set (auto-decoding), with a fresh optimiser."""
-        self.half_decoders = torch.nn.ModuleList([VoxelVolume(self.box, torch.as_tensor(v)) for v in volumes]).to(self.device)
-        self.opt_decoder = torch.optim.Adam(self.half_decoders.parameters(), lr=self.s.volume_lr)
+        """Model each half-set's images from its own volume (auto-decoding), until the next call."""
+        from .physics import volume_to_fourier
+
+        self.halves = [torch.as_tensor(v, dtype=torch.float32, device=self.device) * self.mask for v in volumes]
+        # Fixed between calls, so transformed once rather than at every pose step.
+        self.half_fourier = [volume_to_fourier(v) for v in self.halves]
 
     def current_volume(self) -> torch.Tensor:
         """The map as it stands (the average of the half volumes once there are two)."""
-        if self.half_decoders is not None:
-            return 0.5 * (self.half_decoders[0].voxels + self.half_decoders[1].voxels).detach() * self.mask
+        if self.halves is not None:
+            return 0.5 * (self.halves[0] + self.halves[1])
         if isinstance(self.decoder, VoxelVolume):
             return self.decoder.voxels.detach() * self.mask
         return self.decoder.volume(self.box)
@@ -367,12 +384,12 @@ class _Run:
         """
         from .physics import central_slices, shift_images, volume_to_fourier
 
-        if self.half_decoders is not None and halves is not None:
+        if self.half_fourier is not None and halves is not None:
             parts, order = [], []
-            for h, decoder in enumerate(self.half_decoders):
+            for h, volume_ft in enumerate(self.half_fourier):
                 sel = torch.nonzero(halves == h).flatten()
                 if len(sel):
-                    parts.append(central_slices(volume_to_fourier(decoder.voxels * self.mask), rotations[sel.to(rotations.device)]))
+                    parts.append(central_slices(volume_ft, rotations[sel.to(rotations.device)]))
                     order.append(sel)
             inverse = torch.argsort(torch.cat(order))
             slices = torch.cat(parts)[inverse.to(parts[0].device)]
@@ -411,7 +428,7 @@ def _ctf(data, batch, box: int, device) -> torch.Tensor | None:
 
 
 #: Bumped when the networks' layers change, so that an older checkpoint is refused with a message, not a traceback.
-CHECKPOINT_FORMAT = 3
+CHECKPOINT_FORMAT = 4
 
 
 def _run_key(data, settings: ReconstructionSettings) -> str:
@@ -487,6 +504,10 @@ def _band(run: _Run, elapsed: float, budget: float) -> float:
     return start + (0.5 - start) * min(1.0, (elapsed - run.switched_at) / span)
 
 
+#: Cycles/pixel kept beyond the compared band when the half volumes are solved again: the band grows meanwhile.
+REFRESH_MARGIN = 0.02
+
+
 def _angle_between(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Rotation angle (degrees) of a bᵀ for batches of rotation matrices."""
     cos = ((a * b).sum(dim=(-2, -1)) - 1) / 2
@@ -520,14 +541,16 @@ def _initialise_poses(run: _Run, device) -> Generator[Progress, None, None]:
         done += len(idx)
         yield Progress(done, n, "initialising poses")
     run.use_working_box()
-    yield from _volume_from_poses(run)
+    run.use_half_volumes((yield from _half_volumes_from_poses(run, run.shared_band)))
 
 
-def _volume_from_poses(run: _Run) -> Generator[Progress, None, None]:
-    """Replace the voxels by a Wiener back-projection from the current poses, at the current box.
+def _half_volumes_from_poses(run: _Run, band: float) -> Generator[Progress, None, list[np.ndarray]]:
+    """Each half-set's Wiener back-projection from the current poses at the current box, low-passed to ``band``.
 
-    The direct reconstruction is a far better start for per-particle pose
+    The direct reconstruction solves for the volume the loss asks for, given
+    the poses, in one pass: a far better start for per-particle pose
     refinement than voxels fitted by gradient steps while the poses moved.
+    Each half uses its own particles only, so the half-sets stay independent.
     """
     from .backproject import accumulate, wiener
 
@@ -537,8 +560,8 @@ def _volume_from_poses(run: _Run) -> Generator[Progress, None, None]:
         rows = torch.nonzero(run.half_of == h).flatten().numpy()
         numerator, weights = yield from accumulate(run.data, rows, rotations, run.shifts.numpy())
         volume = wiener(numerator, weights, 0.05 * float(weights.mean()))
-        volumes.append(low_pass(volume, run.shared_band))
-    run.use_half_volumes(volumes)
+        volumes.append(low_pass(volume, band))
+    return volumes
 
 
 def low_pass(volume: np.ndarray, radius: float, width: float = 0.02) -> np.ndarray:
@@ -688,27 +711,22 @@ def reconstruct(
                     run.opt_decoder.step()
                 else:
                     # Auto-decoding: a few pose steps for this batch, then one volume step.
-                    pose6 = run.rot6d[idx].clone().to(device).requires_grad_(True)
-                    shift = run.shifts[idx].clone().to(device).requires_grad_(True)
-                    opt_pose = torch.optim.Adam([pose6, shift], lr=settings.pose_lr)
-                    before = rotation_from_6d(pose6.detach()).cpu()
+                    # Each particle's pose: the 6-D rotation and the origin, with its own Adam moments.
+                    pose = torch.cat([run.rot6d[idx], run.shifts[idx]], dim=1).to(device)
+                    before = rotation_from_6d(pose[:, :6]).cpu()
                     halves = run.half_of[idx]
                     for _ in range(settings.pose_steps):
-                        err = run.errors(target, run.model_images(rotation_from_6d(pose6), shift, ctf, halves), radius)
+                        p = pose.clone().requires_grad_(True)
+                        err = run.errors(target, run.model_images(rotation_from_6d(p[:, :6]), p[:, 6:], ctf, halves), radius)
                         _check_finite(err.sum(), run, out)
-                        opt_pose.zero_grad(set_to_none=True)
-                        err.sum().backward()
-                        opt_pose.step()
-                    rotations = rotation_from_6d(pose6.detach())
-                    loss = run.errors(target, run.model_images(rotations, shift.detach(), ctf, halves), radius).mean()
-                    _check_finite(loss, run, out)
-                    run.opt_decoder.zero_grad(set_to_none=True)
-                    loss.backward()
-                    run.opt_decoder.step()
+                        (grad,) = torch.autograd.grad(err.sum(), p)
+                        pose = run.pose_adam.step(idx, pose, grad)
+                    rotations, shift = rotation_from_6d(pose[:, :6]), pose[:, 6:]
+                    loss = err.detach().mean()  # before the last pose step: a record, not worth another pass
                     with torch.no_grad():
                         changes.append(_angle_between(rotations.cpu(), before))
                         run.rot6d[idx] = rotation_to_6d(rotations).cpu()
-                        run.shifts[idx] = shift.detach().cpu().clamp(-settings.max_shift * run.box, settings.max_shift * run.box)
+                        run.shifts[idx] = shift.cpu().clamp(-settings.max_shift * run.box, settings.max_shift * run.box)
                 value = float(loss.detach())
                 epoch_losses.append(value)
                 run.elapsed = clock()
@@ -746,6 +764,10 @@ def reconstruct(
                     _save_checkpoint(run, out)
             elif run.phase == "auto-decoding" and change == change and change < settings.converged_degrees:
                 run.phase = "done"
+            elif run.phase == "auto-decoding" and clock() < budget and not (stop is not None and stop()):
+                # The poses moved: solve for the half volumes again (see the module notes).
+                band = min(0.5, _band(run, clock(), budget) + REFRESH_MARGIN)
+                run.use_half_volumes((yield from _half_volumes_from_poses(run, band)))
         _save_checkpoint(run, out)
     finally:
         # Cancelled or stopped: keep what was learnt so that --resume continues from here.
