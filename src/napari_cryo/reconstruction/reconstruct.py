@@ -18,13 +18,9 @@ maps) returning a :class:`ReconstructionResult`.  The run has three phases:
    (:mod:`.particle_adam`).  The volumes are not stepped by gradients here:
    after each epoch each half volume is solved again, by direct (Wiener)
    reconstruction from the poses reached, which is the least-squares volume
-   those poses ask for.  Measured on 1BD2 from the true poses turned by 10°
-   (3,000 particles, 4 minutes): a fresh Adam per visit and voxel gradient
-   steps left a median error of 3.2°, per-particle moments 3.0°, moments and
-   volumes solved each epoch 2.5°, and gradient steps on top of the solved
-   volumes changed nothing (2.66° and 2.67° at epoch 10
-   with and without them).  The switch is automatic when the amortized loss plateaus
-   (less than ``plateau`` relative improvement over ``patience`` epochs) or
+   those poses ask for (gradient steps on top of it changed nothing; see
+   ``docs/benchmarks.md``).  The switch is automatic when the amortized loss
+   plateaus (less than ``plateau`` relative improvement over ``patience`` epochs) or
    after half the time budget, or forced with ``switch_after`` (minutes; 0 =
    start auto-decoding at once).  From the switch on each half-set has its
    own volume, started from its own particles' back-projection low-passed to
@@ -710,7 +706,7 @@ def reconstruct(
                     run.opt_encoder.step()
                     run.opt_decoder.step()
                 else:
-                    # Auto-decoding: a few pose steps for this batch, then one volume step.
+                    # Auto-decoding: a few pose steps for this batch (the volumes are solved after the epoch).
                     # Each particle's pose: the 6-D rotation and the origin, with its own Adam moments.
                     pose = torch.cat([run.rot6d[idx], run.shifts[idx]], dim=1).to(device)
                     before = rotation_from_6d(pose[:, :6]).cpu()
