@@ -136,6 +136,35 @@ def test_known_pose_reconstruction_reaches_the_data_limit(dataset):
     assert fsc(worse.volume, np.asarray(ref), data.pixel_size).resolution(0.5) > curve.resolution(0.5)
 
 
+@pytest.fixture(scope="module")
+def noise_free(testdata, tmp_path_factory) -> Path:
+    """300 noise-free particles of 32 px from hand-vol, with origins: any inconsistency in the physics shows."""
+    out = tmp_path_factory.mktemp("recon") / "clean"
+    code = main(["simulate", "particles", str(testdata / "particles" / "hand-vol.mrc"), "--n", "300", "--box", "32",
+                 "--snr", "inf", "--shift-sigma", "1", "--out", str(out), "--device", "cpu", "--seed", "5"])
+    assert code == 0
+    return out
+
+
+def test_back_projection_of_noise_free_images_gives_the_map(noise_free):
+    """At 2 Å/px and 2 µm defocus the CTF spreads signal far beyond the image mask: back-projection must not lose it.
+
+    Back-projected from masked images, this map came out at half its scale
+    with a correlation of 0.95; per-particle poses fitted against such maps
+    drifted 20° from the truth.
+    """
+    from napari_cryo.reconstruction.backproject import accumulate, wiener
+    from napari_cryo.reconstruction.data import ParticleData
+
+    data = ParticleData(noise_free / "particles.star", normalise=False)
+    rot, shifts = _truth(noise_free, data.pixel_size)
+    numerator, weights = drain(accumulate(data, np.arange(len(data)), rot, shifts))[0]
+    volume = wiener(numerator, weights, 1e-3 * float(weights.mean()))
+    ref = np.asarray(read_mrc(noise_free / "ground_truth_map.mrc")[0], dtype=np.float32)
+    assert np.corrcoef(volume.ravel(), ref.ravel())[0, 1] > 0.99
+    assert 0.9 < float((volume * ref).sum() / (ref * ref).sum()) < 1.1
+
+
 @pytest.mark.parametrize("method", ["cryospin", "cryoai"])
 def test_reconstruct_writes_everything(dataset, tmp_path, capsys, method):
     out = tmp_path / method

@@ -57,7 +57,8 @@ def accumulate(data, rows: np.ndarray, rotations: np.ndarray, shifts: np.ndarray
     weights = torch.zeros((box, box, box), dtype=torch.float32)
     for start in range(0, len(rows), batch_size):
         idx = rows[start : start + batch_size]
-        batch = data.batch(idx)
+        # Unmasked: the mask would cut the signal the CTF spreads beyond it (see ParticleData.images).
+        batch = data.batch(idx, masked=False)
         spectra = torch.fft.rfft2(batch.images)
         # Undo the shift: the model image is shift(projection), so the projection is shift⁻¹(image).
         spectra = shift_images(spectra, -torch.as_tensor(shifts[idx], dtype=torch.float32), box)

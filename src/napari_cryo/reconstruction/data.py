@@ -584,7 +584,7 @@ class ParticleData:
         path = self._readers[self._stack_id[i]].path
         raise CryoInputError(path, f"particle {i} (rlnImageName {self.image_names[i]}) holds {what} values")
 
-    def images(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+    def images(self, indices: Sequence[int] | np.ndarray, masked: bool = True) -> np.ndarray:
         """Read and preprocess particle images.
 
         Inverted (if asked), Fourier-cropped to :attr:`box`, phase-flipped
@@ -594,6 +594,13 @@ class ParticleData:
         ----------
         indices : sequence of int
             Particle indices, 0..n-1, in any order.
+        masked : bool
+            Apply the soft circular mask.  Alignment compares masked images
+            (less background noise); back-projection takes them unmasked, as
+            RELION does: the CTF spreads a particle's signal beyond the mask,
+            and a map back-projected from masked images loses it (on
+            noise-free 32-px images at 2 µm defocus the map came out at half
+            its scale, correlation 0.95 with the truth, instead of 0.999).
 
         Returns
         -------
@@ -617,15 +624,17 @@ class ParticleData:
             images = _from_spectrum(spectrum, size, box)
         if self.normalise:
             images = normalise_background(images, self.mask_radius * box / 2)
-        return images * self._mask
+        return images * self._mask if masked else images
 
-    def batch(self, indices: Sequence[int] | np.ndarray) -> ParticleBatch:
+    def batch(self, indices: Sequence[int] | np.ndarray, masked: bool = True) -> ParticleBatch:
         """Images and CTF parameters of some particles as torch tensors.
 
         Parameters
         ----------
         indices : sequence of int
             Particle indices, 0..n-1.
+        masked : bool
+            Apply the soft circular mask (see :meth:`images`).
 
         Returns
         -------
@@ -634,7 +643,7 @@ class ParticleData:
         import torch
 
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        images = torch.from_numpy(self.images(indices))
+        images = torch.from_numpy(self.images(indices, masked))
         ctf = None if self.ctf is None else {k: torch.from_numpy(v[indices]) for k, v in self.ctf.items()}
         return ParticleBatch(indices=indices, images=images, ctf=ctf)
 

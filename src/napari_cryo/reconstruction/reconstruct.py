@@ -86,7 +86,12 @@ class ReconstructionSettings:
         (a stochastic first map, then global and local pose searches by
         half-sets; see :mod:`.refine`).
     batch_size : int
-        Images per step (32, as in the published cryoSPIN code and as benchmarked).
+        Images per step of the amortized phase (32, as in the published cryoSPIN code and as benchmarked).
+    pose_batch_size : int
+        Images per pose step when auto-decoding.  Each particle's pose and
+        Adam moments are its own and the volumes are fixed during an epoch,
+        so this sets the speed only (measured at L = 64 on 2 cores: 48 s per
+        10,000 particles at 32, 29 s at 256).
     max_minutes : float
         Time budget for phases 1 and 2 (the direct reconstruction comes after).
     heads : int
@@ -122,6 +127,7 @@ class ReconstructionSettings:
 
     method: str = "cryospin"
     batch_size: int = 32
+    pose_batch_size: int = 256
     max_minutes: float = 20.0
     heads: int = 7
     encoder_lr: float = 3e-4
@@ -662,7 +668,6 @@ def reconstruct(
     start = time.perf_counter() - run.elapsed
     last_ckpt = last_map = time.perf_counter()
     n = len(data)
-    steps = max(1, math.ceil(n / settings.batch_size))
 
     def clock() -> float:
         return time.perf_counter() - start
@@ -678,8 +683,9 @@ def reconstruct(
     try:
         while clock() < budget and run.phase != "done" and not (stop is not None and stop()):
             epoch_losses, changes = [], []
-            total_done = run.epoch * steps
-            for s, batch in enumerate(run.data.batches(settings.batch_size, shuffle=True, seed=settings.seed, epoch=run.epoch)):
+            size = settings.batch_size if run.phase == "amortized" else settings.pose_batch_size
+            total_done = run.epoch * math.ceil(n / size)
+            for s, batch in enumerate(run.data.batches(size, shuffle=True, seed=settings.seed, epoch=run.epoch)):
                 radius = _band(run, clock(), budget)
                 images = batch.images.to(device)
                 target = torch.fft.rfft2(images)
