@@ -27,9 +27,13 @@ TORCH_THREADS = 1
 @pytest.fixture(scope="module")
 def dataset(testdata, tmp_path_factory) -> Path:
     """600 particles of 32 px from the real hand-vol map, SNR 1, small shifts."""
-    out = tmp_path_factory.mktemp("recon") / "set"
-    code = main(["simulate", "particles", str(testdata / "particles" / "hand-vol.mrc"), "--n", "600", "--box", "32",
-                 "--snr", "1.0", "--shift-sigma", "1", "--out", str(out), "--device", "cpu", "--seed", "5"])
+    return _simulated(testdata, tmp_path_factory.mktemp("recon") / "set", 600, "1.0", 1, 5)
+
+
+def _simulated(testdata: Path, out: Path, n: int, snr: str, shift_sigma: float, seed: int) -> Path:
+    """``napari-cryo simulate particles`` from hand-vol at 32 px into ``out``."""
+    code = main(["simulate", "particles", str(testdata / "particles" / "hand-vol.mrc"), "--n", str(n), "--box", "32",
+                 "--snr", snr, "--shift-sigma", str(shift_sigma), "--out", str(out), "--device", "cpu", "--seed", str(seed)])
     assert code == 0
     return out
 
@@ -139,11 +143,7 @@ def test_known_pose_reconstruction_reaches_the_data_limit(dataset):
 @pytest.fixture(scope="module")
 def noise_free(testdata, tmp_path_factory) -> Path:
     """300 noise-free particles of 32 px from hand-vol, with origins: any inconsistency in the physics shows."""
-    out = tmp_path_factory.mktemp("recon") / "clean"
-    code = main(["simulate", "particles", str(testdata / "particles" / "hand-vol.mrc"), "--n", "300", "--box", "32",
-                 "--snr", "inf", "--shift-sigma", "1", "--out", str(out), "--device", "cpu", "--seed", "5"])
-    assert code == 0
-    return out
+    return _simulated(testdata, tmp_path_factory.mktemp("recon") / "clean", 300, "inf", 1, 5)
 
 
 def test_back_projection_of_noise_free_images_gives_the_map(noise_free):
@@ -376,11 +376,7 @@ def test_killed_run_resumes(dataset, tmp_path):
 @pytest.fixture(scope="module")
 def noise_only(testdata, tmp_path_factory) -> Path:
     """1000 particles of 32 px at SNR 1e-4: practically pure noise."""
-    out = tmp_path_factory.mktemp("noise") / "set"
-    code = main(["simulate", "particles", str(testdata / "particles" / "hand-vol.mrc"), "--n", "1000", "--box", "32",
-                 "--snr", "0.0001", "--out", str(out), "--device", "cpu", "--seed", "3"])
-    assert code == 0
-    return out
+    return _simulated(testdata, tmp_path_factory.mktemp("noise") / "set", 1000, "0.0001", 0, 3)
 
 
 @pytest.mark.parametrize(("method", "finest_px"), [("cryospin", 6.0), ("cryoai", 5.0)])
