@@ -225,6 +225,22 @@ def test_back_projection_recovers_the_map(blobs):
     assert np.corrcoef(rec.ravel(), vol.ravel())[0, 1] > 0.98
 
 
+def test_band_limited_insertion_is_exact_below_the_limit(blobs):
+    box, limit = 24, 0.25
+    vol = blob_volume(*blobs, box)
+    mats = euler_to_matrix(random_rotations(np.random.default_rng(4), 200)).astype(np.float32)
+    spectra = physics.central_slices(physics.volume_to_fourier(vol), mats)
+    full = physics.insert_slices(spectra, mats, box) + (physics.insert_weights(spectra.abs(), mats, box),)
+    limited = physics.insert_slices(spectra, mats, box, limit) + (physics.insert_weights(spectra.abs(), mats, box, limit),)
+    k = torch.fft.fftfreq(box)
+    kr = torch.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)
+    inside, outside = kr <= limit - 2 / box, kr > limit + 2 / box
+    for a, b in zip(full, limited):
+        torch.testing.assert_close(b[inside], a[inside], atol=1e-3 * float(a.abs().max()), rtol=0)
+        assert float(b[outside].abs().max()) == 0.0
+        assert float(b[~inside & ~outside].abs().sum()) > 0  # partial sums at the edge
+
+
 # -- shifts and resampling
 
 

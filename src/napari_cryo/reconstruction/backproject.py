@@ -48,8 +48,14 @@ def _radial(values: torch.Tensor, shells: torch.Tensor, n: int) -> torch.Tensor:
     return torch.zeros(n, dtype=values.dtype).index_add_(0, shells.flatten(), values.flatten()) / torch.bincount(shells.flatten(), minlength=n).clamp_min(1).to(values.dtype)
 
 
-def accumulate(data, rows: np.ndarray, rotations: np.ndarray, shifts: np.ndarray, batch_size: int = 256) -> Generator[Progress, None, tuple[torch.Tensor, torch.Tensor]]:
-    """Back-project one half-set: (Σ CTF·conj(P)·Y, Σ CTF²) on a full, unshifted 3D FFT grid."""
+def accumulate(data, rows: np.ndarray, rotations: np.ndarray, shifts: np.ndarray, batch_size: int = 256,
+               fftfreq_max: float | None = None) -> Generator[Progress, None, tuple[torch.Tensor, torch.Tensor]]:
+    """Back-project one half-set: (Σ CTF·conj(P)·Y, Σ CTF²) on a full, unshifted 3D FFT grid.
+
+    With ``fftfreq_max`` (cycles/pixel) only the frequencies up to it are
+    inserted: the cost falls with the band's area, and the voxels more than
+    about one voxel below it are exact.
+    """
     from .physics import ctf_2d, insert_slices, insert_weights, shift_images
 
     box = data.box or data.original_box
@@ -69,11 +75,31 @@ def accumulate(data, rows: np.ndarray, rotations: np.ndarray, shifts: np.ndarray
             ctf2 = ctf**2
         else:
             ctf2 = torch.ones(spectra.shape)
-        num, _ = insert_slices(spectra, rot, box)
+        num, _ = insert_slices(spectra, rot, box, fftfreq_max)
         numerator += num
-        weights += insert_weights(ctf2, rot, box)
+        weights += insert_weights(ctf2, rot, box, fftfreq_max)
         yield Progress(min(start + batch_size, len(rows)), len(rows), "back-projecting")
     return numerator, weights
+
+
+def mean_weight(data, rows: np.ndarray, chunk: int = 1024) -> float:
+    """The mean over the volume's voxels of the ``Σ CTF²`` that :func:`accumulate` would insert at every frequency.
+
+    Computed from the CTF parameters alone, so a regulariser scaled by it
+    does not depend on how much of the band was inserted.
+    """
+    from .physics import ctf_2d
+
+    box = data.box or data.original_box
+    if data.ctf is None:
+        return len(rows) * box**2 / box**3
+    total = 0.0
+    for start in range(0, len(rows), chunk):
+        idx = rows[start : start + chunk]
+        ctf2 = ctf_2d({k: torch.from_numpy(v[idx]) for k, v in data.ctf.items()}, box, data.pixel_size) ** 2
+        # rfft2 columns 1..L/2-1 stand for two frequencies each.
+        total += float(ctf2.sum()) + float(ctf2[..., 1 : box // 2].sum())
+    return total / box**3
 
 
 def wiener(numerator: torch.Tensor, weights: torch.Tensor, tau: torch.Tensor | float) -> np.ndarray:

@@ -381,7 +381,7 @@ def central_slices(volume_ft: Tensor, rotations: Tensor | np.ndarray, pad: int =
     return slices * centre_phase_2d(size, volume_ft.device)
 
 
-def insert_slices(images_ft: Tensor, rotations: Tensor | np.ndarray, box: int) -> tuple[Tensor, Tensor]:
+def insert_slices(images_ft: Tensor, rotations: Tensor | np.ndarray, box: int, fftfreq_max: float | None = None) -> tuple[Tensor, Tensor]:
     """Back-project image spectra onto their central slices (trilinear insertion).
 
     The adjoint of :func:`central_slices` up to the interpolation weights:
@@ -397,6 +397,9 @@ def insert_slices(images_ft: Tensor, rotations: Tensor | np.ndarray, box: int) -
         (N, 3, 3) RELION matrices.
     box : int
         Image size (even).
+    fftfreq_max : float, optional
+        Insert only frequencies up to this (cycles per pixel), which is
+        faster; voxels within about one voxel of it get partial sums.
 
     Returns
     -------
@@ -414,14 +417,14 @@ def insert_slices(images_ft: Tensor, rotations: Tensor | np.ndarray, box: int) -
     # To the centre-at-0 convention, rows fftshifted, as torch-fourier-slice expects.
     data = images_ft.to(torch.complex64) * torch.conj(centre_phase_2d(box, device))
     data = torch.fft.fftshift(data, dim=-2)
-    half, weights = insert_central_slices_rfft_3d(data, (box, box, box), rot.transpose(-1, -2))
+    half, weights = insert_central_slices_rfft_3d(data, (box, box, box), rot.transpose(-1, -2), fftfreq_max=fftfreq_max)
     half = torch.fft.ifftshift(half, dim=(-3, -2))
     weights = torch.fft.ifftshift(weights, dim=(-3, -2)).float()
     values = _half_to_full(half, box) * _centre_phase_3d_full(box, device)
     return values, _half_to_full(weights, box).real.float()
 
 
-def insert_weights(weights: Tensor, rotations: Tensor | np.ndarray, box: int) -> Tensor:
+def insert_weights(weights: Tensor, rotations: Tensor | np.ndarray, box: int, fftfreq_max: float | None = None) -> Tensor:
     """Back-project real per-frequency weights (e.g. CTF²) onto the central slices.
 
     Unlike :func:`insert_slices`, the input is not an image spectrum, so no
@@ -435,6 +438,8 @@ def insert_weights(weights: Tensor, rotations: Tensor | np.ndarray, box: int) ->
         (N, 3, 3) RELION matrices.
     box : int
         Image size (even).
+    fftfreq_max : float, optional
+        As in :func:`insert_slices`.
 
     Returns
     -------
@@ -446,7 +451,7 @@ def insert_weights(weights: Tensor, rotations: Tensor | np.ndarray, box: int) ->
     _check_box(box, "the images")
     rot = torch.as_tensor(rotations, dtype=torch.float32, device=weights.device)
     data = torch.fft.fftshift(weights.to(torch.complex64), dim=-2)
-    half, _ = insert_central_slices_rfft_3d(data, (box, box, box), rot.transpose(-1, -2))
+    half, _ = insert_central_slices_rfft_3d(data, (box, box, box), rot.transpose(-1, -2), fftfreq_max=fftfreq_max)
     half = torch.fft.ifftshift(half, dim=(-3, -2))
     return _half_to_full(half, box).real.float()
 
