@@ -24,7 +24,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("particles", help="RELION particle STAR file (rlnImageName, CTF columns)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--method", choices=METHODS, default=d.method,
-                        help="cryospin (default: multi-head encoder, then per-particle poses), cryoai, or search (stochastic first map, then pose searches)")
+                        help="cryospin (default: multi-head encoder, then per-particle poses), cryoai (one head, implicit decoder; "
+                             "found no poses on the 2-CPU benchmark, see the user guide), or search (stochastic first map, then pose searches)")
     parser.add_argument("--box", type=int, metavar="L", help="working box size in pixels (Fourier cropping; even; default: the image size)")
     parser.add_argument("--max-minutes", type=float, default=d.max_minutes, metavar="T", help=f"time budget for pose inference (default {d.max_minutes:g})")
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
