@@ -44,14 +44,14 @@ from napari_cryo.tasks import drain  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def simulate(map_path: Path, out: Path, n: int, box: int, snr: float, pixel_size: float) -> None:
+def simulate(map_path: Path, out: Path, n: int, box: int, snr: float, pixel_size: float, seed: int = 0) -> None:
     if (out / "particles.star").exists():
         return
     from napari_cryo.cli import main
 
     code = main(["simulate", "particles", str(map_path), "--n", str(n), "--box", str(box), "--snr", str(snr),
                  "--defocus-median", "20000", "--defocus-sigma", "0.3", "--pixel-size", str(pixel_size),
-                 "--out", str(out), "--seed", "0", "--device", "cpu"])
+                 "--out", str(out), "--seed", str(seed), "--device", "cpu"])
     assert code == 0
 
 
@@ -157,6 +157,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["search", "cryospin", "cryoai"])
     parser.add_argument("--cryodrgn", help="the cryodrgn executable of a separate virtual environment")
     parser.add_argument("--cryodrgn-minutes", type=float, help="cryoDRGN's budget (default: --minutes)")
+    parser.add_argument("--data-seed", type=int, default=0, help="seed of the simulated data set (poses, defocus, noise)")
     parser.add_argument("--workdir", default="/work/bench_recon")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--section", default="Ab initio reconstruction", help="title of the section of docs/benchmarks.md to (re)write")
@@ -164,8 +165,9 @@ def main() -> None:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads on {os.cpu_count()} cores, torch {torch.__version__}"
     work = Path(args.workdir)
-    dataset = work / f"{Path(args.map).stem.split('-')[0]}{args.pixel_size:g}_{args.box}_{args.n}"
-    simulate(Path(args.map), dataset, args.n, args.box, args.snr, args.pixel_size)
+    suffix = f"_s{args.data_seed}" if args.data_seed else ""
+    dataset = work / f"{Path(args.map).stem.split('-')[0]}{args.pixel_size:g}_{args.box}_{args.n}{suffix}"
+    simulate(Path(args.map), dataset, args.n, args.box, args.snr, args.pixel_size, args.data_seed)
     ref = np.asarray(read_mrc(dataset / "ground_truth_map.mrc")[0], dtype=np.float32)
     import starfile
 
@@ -195,6 +197,7 @@ def main() -> None:
     lines = [
         f"`python -u benchmarks/bench_reconstruction.py{map_arg} --n {args.n} --box {args.box} --pixel-size {args.pixel_size:g} "
         f"--minutes {args.minutes:g} --methods {' '.join(args.methods)}"
+        + (f" --data-seed {args.data_seed}" if args.data_seed else "")
         + (f" --cryodrgn ... --cryodrgn-minutes {drgn_minutes:g}`" if args.cryodrgn else "`") + f" on {machine}.",
         "",
         f"Dataset: `{Path(args.map).name}` projected at L = {args.box} ({data.pixel_size:g} Å/px), {args.n} particles, SNR {args.snr:g}, "

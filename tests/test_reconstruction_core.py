@@ -259,6 +259,7 @@ def test_switch_to_auto_decoding_can_be_forced(dataset):
     result, items = drain(reconstruct(data, settings))
     phases = [i["phase"] for i in items if isinstance(i, dict)]
     assert phases[0] == "amortized" and "auto-decoding" in phases
+    assert phases[phases.index("auto-decoding") - 1] == "global search"  # the switch's global round
     assert result.rotations.shape == (600, 3, 3) and np.all(np.isfinite(result.volume))
 
 
@@ -298,7 +299,7 @@ def test_amortized_phase_at_a_smaller_box_hands_working_box_poses_on(dataset, tm
                  "--max-minutes", "0.2", "--switch-after", "0.05", "--map-minutes", "0.01", "--batch-size", "64", "--device", "cpu"])
     assert code == 0
     rows = (out / "progress.csv").read_text().splitlines()[1:]
-    assert {"amortized", "auto-decoding"} <= {r.split(",")[1] for r in rows}
+    assert {"amortized", "global search", "auto-decoding"} <= {r.split(",")[1] for r in rows}
     maps = sorted(out.glob("intermediate_*.mrc"))
     assert len(maps) >= 2
     for path in maps:
@@ -308,6 +309,7 @@ def test_amortized_phase_at_a_smaller_box_hands_working_box_poses_on(dataset, tm
     resumed = rec._Run(data, rec.ReconstructionSettings(method="cryospin", heads=2, amortized_box=16, batch_size=64), torch.device("cpu"))
     resumed.load(torch.load(out / rec.CHECKPOINT, weights_only=False))
     assert resumed.box == 32 and resumed.halves[0].shape == (32, 32, 32)
+    assert resumed.global_radii == [pytest.approx(0.15 * 32)]
 
 
 def test_particle_adam_keeps_each_particles_moments():
@@ -349,7 +351,7 @@ def test_auto_decoded_poses_stop_jittering(dataset, tmp_path):
     rng = np.random.default_rng(1)
     axis = rng.normal(size=(len(data), 3))
     turned = Rotation.from_rotvec(axis / np.linalg.norm(axis, axis=1, keepdims=True) * np.deg2rad(10)).as_matrix() @ truth
-    settings = rec.ReconstructionSettings(max_minutes=1.5, batch_size=32, converged_degrees=0.0, map_minutes=100)
+    settings = rec.ReconstructionSettings(max_minutes=1.5, batch_size=32, converged_degrees=0.0, map_minutes=100, global_rounds=0)
     run = rec._Run(data, settings, torch.device("cpu"))
     run.key = rec._run_key(data, settings)
     run.rot6d = rotation_to_6d(torch.as_tensor(turned, dtype=torch.float32))

@@ -183,3 +183,44 @@ def test_search_method_pauses_and_resumes(dataset, tmp_path):
     assert str(items[0].message).startswith("resumed")
     rounds = [i["epoch"] for i in items if isinstance(i, dict)]
     assert rounds and min(rounds) == done + 1 and result.rotations.shape == (800, 3, 3)
+
+
+def test_global_round_of_auto_decoding_brings_back_particles_left_far_off(dataset):
+    """cryoSPIN's global round: particles 90° off come back near the truth, each against its own half volume."""
+    from scipy.spatial.transform import Rotation
+
+    from napari_cryo.reconstruction import reconstruct as rec
+    from napari_cryo.reconstruction.data import ParticleData
+    from napari_cryo.reconstruction.models import rotation_from_6d, rotation_to_6d
+
+    torch.set_num_threads(TORCH_THREADS)
+    data = ParticleData(dataset / "particles.star")
+    truth, origins = _truth(dataset, data.pixel_size)
+    rng = np.random.default_rng(2)
+    off = rng.random(len(data)) < 0.3
+    axis = rng.normal(size=(len(data), 3))
+    axis /= np.linalg.norm(axis, axis=1, keepdims=True)
+    start = truth.copy()
+    start[off] = (Rotation.from_rotvec(axis[off] * np.deg2rad(90)).as_matrix() @ truth[off]).astype(np.float32)
+    # A band of 12.8 px at the switch (0.15 cycles/px, the default, leaves this 10-px particle too few frequencies).
+    run = rec._Run(data, rec.ReconstructionSettings(shared_radius=0.4), torch.device("cpu"))
+    run.rot6d, run.shifts = rotation_to_6d(torch.as_tensor(start)), torch.as_tensor(origins)
+    run.use_working_box()
+    run.use_half_volumes(drain(rec._half_volumes_from_poses(run, run.shared_band))[0], run.shared_band)
+    old_halves = [h.clone() for h in run.halves]
+    run.pose_adam.t += 3
+    run.pose_adam.m += 1.0
+    assert rec._global_round_due(run, 0.5) and not rec._global_round_due(run, 2.0)
+
+    record, items = drain(rec._global_round(run, "cpu"))
+    errors = rotation_angles(truth, rotation_from_6d(run.rot6d).numpy())
+    assert np.median(errors[off]) < 20.0, np.median(errors[off])  # from 90°
+    assert np.median(errors[~off]) < 8.0, np.median(errors[~off])  # the 3.75° grid's last step, then pose steps refine
+    assert record["phase"] == "global search" and record["band_px"] == pytest.approx(12.8) and 0.25 < record["moved_fraction"] < 0.8
+    assert run.global_radii == [pytest.approx(12.8)] and not rec._global_round_due(run, 0.5)  # the band must grow first
+    moved = run.pose_adam.t == 0
+    assert moved[torch.as_tensor(off)].float().mean() > 0.95 and torch.all(run.pose_adam.m[moved] == 0)
+    assert torch.all(run.pose_adam.t[~moved] == 3)
+    # The half volumes were solved again from the new poses, at the same band.
+    assert run.half_band == pytest.approx(0.4) and not torch.allclose(run.halves[0], old_halves[0])
+    assert any(getattr(i, "message", "") == "searching poses" for i in items)

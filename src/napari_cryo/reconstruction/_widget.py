@@ -39,7 +39,7 @@ class ReconstructionWidget(Container):
         self._star = FileEdit(label="particles STAR", mode="r", filter="*.star")
         self._layer = create_widget(label="or stack layer", annotation="napari.layers.Image", options={"nullable": True})
         self._method = ComboBox(label="method", choices=list(METHODS), value="cryospin")
-        self._method.tooltip = ("cryospin: several encoder heads, then per-particle poses (the default); cryoai: one head and an "
+        self._method.tooltip = ("cryospin: several encoder heads, then per-particle poses with global pose searches (the default); cryoai: one head and an "
                                 "implicit Fourier decoder, which found no poses on the 2-CPU benchmark; search: classical pose searches")
         self._box = SpinBox(label="box (0 = full)", min=0, max=1024, step=2, value=0)
         self._minutes = FloatSpinBox(label="time budget (min)", min=0.1, max=10000.0, step=1.0, value=20.0)

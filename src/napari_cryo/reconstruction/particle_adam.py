@@ -52,6 +52,10 @@ class ParticleAdam:
         v_hat = v / (1 - b2 ** t[:, None])
         return params.detach() - (self.lr * m_hat / (v_hat.sqrt() + self.eps)).to(dev)
 
+    def reset(self, rows: torch.Tensor) -> None:
+        """Forget the moments of particles ``rows`` (their pose jumped: the old gradients no longer apply)."""
+        self.m[rows], self.v[rows], self.t[rows] = 0.0, 0.0, 0.0
+
     def state_dict(self) -> dict[str, Any]:
         """A copy of the moments and step counts (for checkpoints)."""
         return {"m": self.m.clone(), "v": self.v.clone(), "t": self.t.clone()}
