@@ -224,3 +224,53 @@ def test_global_round_of_auto_decoding_brings_back_particles_left_far_off(datase
     # The half volumes were solved again from the new poses, at the same band.
     assert run.half_band == pytest.approx(0.4) and not torch.allclose(run.halves[0], old_halves[0])
     assert any(getattr(i, "message", "") == "searching poses" for i in items)
+
+
+def test_collapsed_views_are_caught_after_the_set_epochs_only(dataset):
+    from scipy.spatial.transform import Rotation
+
+    from napari_cryo.reconstruction import reconstruct as rec
+    from napari_cryo.reconstruction.data import ParticleData
+    from napari_cryo.reconstruction.models import rotation_to_6d
+
+    data = ParticleData(dataset / "particles.star")
+    run = rec._Run(data, rec.ReconstructionSettings(collapse_scf=0.5, collapse_epochs=3), torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    # Views within 10° of one direction, turned freely in plane: the encoder's collapse.
+    tilt = Rotation.from_rotvec(rng.normal(scale=np.deg2rad(5), size=(len(data), 3)))
+    spin = Rotation.from_euler("z", rng.uniform(0, 360, (len(data), 1)), degrees=True)
+    run.rot6d = rotation_to_6d(torch.as_tensor((tilt * spin).as_matrix(), dtype=torch.float32))
+    run.epoch = 2
+    assert rec._collapsed_views(run) is None  # too early
+    run.epoch = 3
+    coverage = rec._collapsed_views(run)
+    assert coverage is not None and coverage.scf < 0.5
+    run.rot6d = rotation_to_6d(torch.as_tensor(Rotation.random(len(data), random_state=1).as_matrix(), dtype=torch.float32))
+    assert rec._collapsed_views(run) is None  # uniform views
+    for other in (rec.ReconstructionSettings(method="cryoai", collapse_scf=0.5, collapse_epochs=3), rec.ReconstructionSettings(collapse_scf=0, collapse_epochs=3)):
+        run.s = other
+        run.rot6d = rotation_to_6d(torch.as_tensor((tilt * spin).as_matrix(), dtype=torch.float32))
+        assert rec._collapsed_views(run) is None
+
+
+def test_cryospin_after_collapsed_views_starts_from_a_stochastic_first_map(dataset, tmp_path):
+    """Forced (every SCF is below 1.5): the run switches after the first epoch and still finds the map."""
+    from napari_cryo.reconstruction.data import ParticleData
+    from napari_cryo.reconstruction.fsc import align_maps, fsc
+    from napari_cryo.reconstruction.reconstruct import MapUpdate, ReconstructionSettings, reconstruct
+
+    torch.set_num_threads(TORCH_THREADS)
+    data = ParticleData(dataset / "particles.star")
+    settings = ReconstructionSettings(max_minutes=1.0, collapse_scf=1.5, collapse_epochs=1, first_map_batches=30, shared_radius=0.4)
+    result, items = drain(reconstruct(data, settings, tmp_path, device="cpu"))
+    phases = [r["phase"] for r in result.history]
+    assert phases[:3] == ["amortized", "first map", "global search"] and phases[3] == "auto-decoding", phases
+    assert result.history[2]["band_px"] == pytest.approx(6.0)  # 0.1875 cycles/px of 32 px
+    assert any("views collapsed" in getattr(i, "message", "") for i in items)
+    assert any(isinstance(i, MapUpdate) and i.label == "first map (stochastic search)" for i in items)
+    rows = (tmp_path / "progress.csv").read_text().splitlines()
+    assert [r.split(",")[1] for r in rows[1:4]] == ["amortized", "first map", "global search"]
+    assert rows[2].split(",")[5].startswith("intermediate_")
+    ref = np.asarray(read_mrc(dataset / "ground_truth_map.mrc")[0])
+    found = fsc(align_maps(ref, result.volume, data.pixel_size).aligned, ref, data.pixel_size).resolution_px(0.5)
+    assert found < 4.0, found  # the bound test_search_method_end_to_end holds the search method to

@@ -36,6 +36,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pose-steps", type=int, default=d.pose_steps, help="pose updates per batch when auto-decoding")
     parser.add_argument("--global-rounds", type=int, default=d.global_rounds, metavar="N",
                         help=f"cryospin: global pose searches while auto-decoding, the first at the switch (default {d.global_rounds}; 0: as published)")
+    parser.add_argument("--collapse-scf", type=float, default=d.collapse_scf, metavar="SCF",
+                        help=f"cryospin: when the encoder's views reach an SCF below this (checked from amortized epoch {d.collapse_epochs}), "
+                             f"take the first poses from a stochastic first map instead (default {d.collapse_scf:g}; 0: as published)")
     parser.add_argument("--first-map-batches", type=int, default=d.first_map_batches, help=f"search: batches of the stochastic first map (default {d.first_map_batches})")
     parser.add_argument("--invert", action="store_true", help="invert the contrast: the particles are dark on a light background (RELION-extracted particles are white)")
     parser.add_argument("--phase-flip", action="store_true", help="phase-flip the images first (off by default)")
@@ -64,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
     settings = ReconstructionSettings(
         method=args.method, batch_size=args.batch_size, max_minutes=args.max_minutes, heads=args.heads,
         switch_after=args.switch_after, amortized_box=args.amortized_box, pose_steps=args.pose_steps, seed=args.seed,
-        global_rounds=args.global_rounds,
+        global_rounds=args.global_rounds, collapse_scf=args.collapse_scf,
         checkpoint_minutes=args.checkpoint_minutes, map_minutes=args.map_minutes, first_map_batches=args.first_map_batches,
     )
     data = ParticleData(args.particles, box=args.box, invert=args.invert, phase_flip=args.phase_flip)

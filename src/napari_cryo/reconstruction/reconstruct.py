@@ -37,6 +37,12 @@ maps) returning a :class:`ReconstructionResult`.  The run has three phases:
    Each round searches every particle over SO(3) against its own half-set's
    volume, keeping the held pose where it fits better: one at the switch,
    then one each time the pose steps settle after the band has grown.
+   Also not in the paper: when the encoder's views collapse (an SCF below
+   ``collapse_scf``; on a second simulated 1BD2 set, SCF 0 for the whole
+   amortized phase), a map from its poses is wrong but self-consistent and
+   no search against it repairs them.  With ``collapse_scf`` set (off by
+   default until benchmarked at full size) the run then switches early and
+   takes its first poses from a global search against a stochastic first map.
 3. **direct reconstruction** — a CTF-corrected, Wiener-filtered Fourier
    reconstruction from the estimated poses of two random half-sets gives the
    half maps, the gold-standard FSC (0.143) and a sharpened, low-passed map
@@ -123,6 +129,14 @@ class ReconstructionSettings:
         moves the particles the encoder left tens of degrees off.  0: cryoSPIN as published.
     settle_degrees : float
         See ``global_rounds``.
+    collapse_scf, collapse_epochs : float, int
+        cryoSPIN: from amortized epoch ``collapse_epochs`` on, the SCF of the poses the
+        encoder gives (:func:`~.coverage.view_coverage`) is checked after every epoch.  Below
+        ``collapse_scf`` the views have collapsed onto a few directions, and a map built
+        from them misleads every later search, so the run switches at once and takes its
+        first poses from a global search against a stochastic first map (as the ``search``
+        method does) instead of from the encoder.  0 (the default until it is benchmarked
+        at full size): no check, cryoSPIN as published; 0.5 matches the SCF warning.
     shared_radius : float
         cryoSPIN and cryoAI: band (cycles/pixel) below which the two half-sets may share
         information at the switch to per-particle poses; above it the
@@ -156,6 +170,8 @@ class ReconstructionSettings:
     converged_degrees: float = 0.2
     global_rounds: int = 2
     settle_degrees: float = 1.0
+    collapse_scf: float = 0.0
+    collapse_epochs: int = 5
     shared_radius: float = 0.15
     amortized_box: int | None = None
     checkpoint_minutes: float = 2.0
@@ -637,6 +653,66 @@ def _global_round(run: _Run, device) -> Generator[Progress, None, dict[str, Any]
             "moved_fraction": float(np.mean(change > 2 * RefineSettings.global_converged)), "band_px": round(radius, 2)}
 
 
+def _collapsed_views(run: _Run) -> ViewCoverage | None:
+    """The coverage of the encoder's poses when they have collapsed (SCF below ``collapse_scf``), else None."""
+    s = run.s
+    if s.method != "cryospin" or s.collapse_scf <= 0 or run.phase != "amortized" or run.epoch < s.collapse_epochs:
+        return None
+    coverage = view_coverage(rotation_from_6d(run.rot6d).numpy())
+    return coverage if coverage.measured and coverage.scf < s.collapse_scf else None
+
+
+def _poses_from_first_map(run: _Run, device, stop: Callable[[], bool], clock: Callable[[], float],
+                          out: Path | None) -> Generator[Progress | MapUpdate | dict[str, Any], None, bool]:
+    """First poses without the encoder: a stochastic first map, then a global search of every particle against it.
+
+    For encoders whose views collapsed (:func:`_collapsed_views`).  As in the
+    ``search`` method, the first map comes from all particles at a 32-px box
+    and the search compares only up to :attr:`~.refine.RefineSettings.start_band`;
+    the half volumes are then solved from each half-set's own particles at
+    the shared band.  Yields the first map and a history record for each
+    step; returns False, having changed nothing, when stopped during the map.
+    """
+    from .physics import fourier_crop_volume
+    from .refine import RefineSettings, search_round
+    from .stochastic import StochasticSettings, stochastic_map
+
+    data = run.full
+    small = data.at_box(min(data.box or data.original_box, StochasticSettings.box))
+    volume, _ = yield from stochastic_map(small, StochasticSettings(box=small.box, batches=run.s.first_map_batches),
+                                          seed=run.s.seed, stop=stop, device=device)
+    if stop() and clock() < run.s.max_minutes * 60.0:  # stopped or paused by the user: stay amortized
+        return False
+    run.use_working_box()
+    volume = fourier_crop_volume(torch.as_tensor(volume), run.box).numpy() if small.box != run.box else volume
+    path = write_intermediate(out, run.maps_written, volume, data.pixel_size)
+    yield MapUpdate(volume, data.pixel_size, "first map (stochastic search)", path, None, clock())
+    first = {"epoch": run.epoch, "phase": "first map", "loss": float("nan"), "pose_change_deg": float("nan"),
+             "elapsed_s": round(clock(), 1), "map": path.name if path else ""}
+    run.history.append(first)
+    _write_progress(out, first)
+    yield first
+    refine = RefineSettings(max_shift=run.s.max_shift * run.box)
+    radius = min(refine.start_radius, refine.start_band * run.box)
+    yield Progress(0, None, "global pose search against the first map")
+    rot, shifts, _ = yield from search_round(data, [volume], None, None, radius, refine, local=False, seed=run.s.seed, device=device)
+    before = rotation_from_6d(run.rot6d).numpy()
+    run.rot6d = rotation_to_6d(torch.as_tensor(rot))
+    run.shifts = torch.as_tensor(shifts)
+    run.pose_adam.reset(torch.arange(len(data)))
+    run.global_radii.append(radius)
+    run.use_half_volumes((yield from _half_volumes_from_poses(run, run.shared_band)), run.shared_band)
+    from .poses import rotation_angles
+
+    record = {"epoch": run.epoch, "phase": "global search", "loss": float("nan"),
+              "pose_change_deg": float(np.median(rotation_angles(before, rot))), "moved_fraction": 1.0,
+              "band_px": round(radius, 2), "elapsed_s": round(clock(), 1)}
+    run.history.append(record)
+    _write_progress(out, record)
+    yield record
+    return True
+
+
 def _global_round_due(run: _Run, change: float) -> bool:
     """Whether the per-particle steps have settled far enough from the last global round to search again."""
     if run.s.method != "cryospin" or len(run.global_radii) >= run.s.global_rounds:
@@ -852,7 +928,19 @@ def reconstruct(
                 losses = [r["loss"] for r in run.history if r["phase"] == "amortized"]
                 plateau = len(losses) > settings.patience and (losses[-settings.patience - 1] - losses[-1]) < settings.plateau * abs(losses[-settings.patience - 1])
                 forced = settings.switch_after is not None and clock() >= settings.switch_after * 60
-                if forced or plateau or clock() >= 0.5 * budget:
+                collapsed = _collapsed_views(run)
+                if collapsed is not None:
+                    yield Progress(0, None, f"the encoder's views collapsed (SCF {collapsed.scf:.2f} after {run.epoch} epochs): "
+                                            "first poses from a global search against a stochastic first map")
+
+                    def halted() -> bool:
+                        return clock() >= budget or (stop is not None and stop()) or (pause is not None and pause())
+
+                    if (yield from _poses_from_first_map(run, device, halted, clock, out)):
+                        run.phase = "auto-decoding"
+                        run.switched_at = clock()
+                        _save_checkpoint(run, out)
+                elif forced or plateau or clock() >= 0.5 * budget:
                     yield Progress(0, None, "switching to per-particle poses: best head of every particle")
                     yield from _initialise_poses(run, device)
                     run.phase = "auto-decoding"
