@@ -76,6 +76,8 @@ from ..tasks import Progress
 from .coverage import ViewCoverage, view_coverage
 from .models import FourierNet, PoseEncoder, VoxelVolume, rotation_from_6d, rotation_to_6d
 from .particle_adam import ParticleAdam
+from .poses import rotation_angles
+from .refine import RefineSettings, first_map, first_radius, search_round
 
 METHODS = ("cryospin", "cryoai", "search")
 CHECKPOINT = "checkpoint.pt"
@@ -619,8 +621,6 @@ def _half_volumes_from_poses(run: _Run, band: float) -> Generator[Progress, None
 def _global_radius(run: _Run) -> float:
     """The band (pixels of frequency) a global round would compare now: the half volumes' band, at most
     :attr:`~.refine.RefineSettings.global_radius` (the 15° grid is too coarse for more)."""
-    from .refine import RefineSettings
-
     band = 0.5 if run.half_band is None else run.half_band
     return float(min(band * run.box, RefineSettings.global_radius))
 
@@ -633,9 +633,6 @@ def _global_round(run: _Run, device) -> Generator[Progress, None, dict[str, Any]
     (their old gradients point elsewhere), and the half volumes are solved
     again from the new poses at the same band.  Returns a history record.
     """
-    from .poses import rotation_angles
-    from .refine import RefineSettings, search_round
-
     radius = _global_radius(run)
     refine = RefineSettings(max_shift=run.s.max_shift * run.box)
     before, held = rotation_from_6d(run.rot6d).numpy(), run.shifts.numpy()
@@ -643,14 +640,29 @@ def _global_round(run: _Run, device) -> Generator[Progress, None, dict[str, Any]
     maps = [h.cpu().numpy() for h in run.halves]
     rot, shifts, _ = yield from search_round(run.data, maps, before, held, radius, refine, local=False, seed=run.s.seed, device=device)
     moved = np.any(rot != before, axis=(1, 2)) | np.any(shifts != held, axis=1)
-    change = rotation_angles(before, rot)
-    run.rot6d = rotation_to_6d(torch.as_tensor(rot))
+    change = yield from _take_searched_poses(run, rot, shifts, moved, radius, run.half_band)
+    return {"epoch": run.epoch, "phase": "global search", "loss": float("nan"), "pose_change_deg": float(np.median(change)),
+            "moved_fraction": float(np.mean(change > 2 * RefineSettings.global_converged)), "band_px": round(radius, 2)}
+
+
+def _take_searched_poses(run: _Run, rotations: np.ndarray, shifts: np.ndarray, moved: np.ndarray, radius: float,
+                         band: float | None) -> Generator[Progress, None, np.ndarray]:
+    """Make searched poses the run's: the particles that ``moved`` lose their Adam moments (their old gradients
+    point elsewhere), and the half volumes are solved again at ``band``.  Returns each particle's change (degrees)."""
+    change = rotation_angles(rotation_from_6d(run.rot6d).numpy(), rotations)
+    run.rot6d = rotation_to_6d(torch.as_tensor(rotations))
     run.shifts = torch.as_tensor(shifts)
     run.pose_adam.reset(torch.as_tensor(np.nonzero(moved)[0]))
     run.global_radii.append(radius)
-    run.use_half_volumes((yield from _half_volumes_from_poses(run, run.half_band)), run.half_band)
-    return {"epoch": run.epoch, "phase": "global search", "loss": float("nan"), "pose_change_deg": float(np.median(change)),
-            "moved_fraction": float(np.mean(change > 2 * RefineSettings.global_converged)), "band_px": round(radius, 2)}
+    run.use_half_volumes((yield from _half_volumes_from_poses(run, band)), band)
+    return change
+
+
+def _log(run: _Run, out: Path | None, record: dict[str, Any]) -> dict[str, Any]:
+    """A history record, kept in the run and written to ``progress.csv``."""
+    run.history.append(record)
+    _write_progress(out, record)
+    return record
 
 
 def _collapsed_views(run: _Run) -> ViewCoverage | None:
@@ -673,43 +685,22 @@ def _poses_from_first_map(run: _Run, device, stop: Callable[[], bool], clock: Ca
     the shared band.  Yields the first map and a history record for each
     step; returns False, having changed nothing, when stopped during the map.
     """
-    from .physics import fourier_crop_volume
-    from .refine import RefineSettings, search_round
-    from .stochastic import StochasticSettings, stochastic_map
-
     data = run.full
-    small = data.at_box(min(data.box or data.original_box, StochasticSettings.box))
-    volume, _ = yield from stochastic_map(small, StochasticSettings(box=small.box, batches=run.s.first_map_batches),
-                                          seed=run.s.seed, stop=stop, device=device)
+    volume = yield from first_map(data, run.s.first_map_batches, run.s.seed, stop, device)
     if stop() and clock() < run.s.max_minutes * 60.0:  # stopped or paused by the user: stay amortized
         return False
     run.use_working_box()
-    volume = fourier_crop_volume(torch.as_tensor(volume), run.box).numpy() if small.box != run.box else volume
     path = write_intermediate(out, run.maps_written, volume, data.pixel_size)
     yield MapUpdate(volume, data.pixel_size, "first map (stochastic search)", path, None, clock())
-    first = {"epoch": run.epoch, "phase": "first map", "loss": float("nan"), "pose_change_deg": float("nan"),
-             "elapsed_s": round(clock(), 1), "map": path.name if path else ""}
-    run.history.append(first)
-    _write_progress(out, first)
-    yield first
+    yield _log(run, out, {"epoch": run.epoch, "phase": "first map", "loss": float("nan"), "pose_change_deg": float("nan"),
+                          "elapsed_s": round(clock(), 1), "map": path.name if path else ""})
     refine = RefineSettings(max_shift=run.s.max_shift * run.box)
-    radius = min(refine.start_radius, refine.start_band * run.box)
+    radius = first_radius(run.box, refine)
     yield Progress(0, None, "global pose search against the first map")
     rot, shifts, _ = yield from search_round(data, [volume], None, None, radius, refine, local=False, seed=run.s.seed, device=device)
-    before = rotation_from_6d(run.rot6d).numpy()
-    run.rot6d = rotation_to_6d(torch.as_tensor(rot))
-    run.shifts = torch.as_tensor(shifts)
-    run.pose_adam.reset(torch.arange(len(data)))
-    run.global_radii.append(radius)
-    run.use_half_volumes((yield from _half_volumes_from_poses(run, run.shared_band)), run.shared_band)
-    from .poses import rotation_angles
-
-    record = {"epoch": run.epoch, "phase": "global search", "loss": float("nan"),
-              "pose_change_deg": float(np.median(rotation_angles(before, rot))), "moved_fraction": 1.0,
-              "band_px": round(radius, 2), "elapsed_s": round(clock(), 1)}
-    run.history.append(record)
-    _write_progress(out, record)
-    yield record
+    change = yield from _take_searched_poses(run, rot, shifts, np.ones(len(data), dtype=bool), radius, run.shared_band)
+    yield _log(run, out, {"epoch": run.epoch, "phase": "global search", "loss": float("nan"), "pose_change_deg": float(np.median(change)),
+                          "moved_fraction": 1.0, "band_px": round(radius, 2), "elapsed_s": round(clock(), 1)})
     return True
 
 
@@ -771,9 +762,7 @@ def _search_all(run: _Run, device, clock: Callable[[], float], out: Path | None)
     record = yield from _global_round(run, device)
     record["elapsed_s"] = round(clock(), 1)
     run.elapsed = clock()
-    run.history.append(record)
-    _write_progress(out, record)
-    return record
+    return _log(run, out, record)
 
 
 def reconstruct(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,6 +69,19 @@ class RefineSettings:
     min_degrees: float = 0.75
     max_shift: float = 0.0
     converged_degrees: float = 0.5
+
+
+def first_radius(box: int, settings: RefineSettings) -> float:
+    """The band (pixels of frequency) of the search against the first map."""
+    return min(settings.start_radius, settings.start_band * box)
+
+
+def first_map(data, batches: int, seed: int, stop, device) -> Generator[Progress, None, np.ndarray]:
+    """The stochastic first map (:func:`~.stochastic.stochastic_map` at its small box), at the data's box."""
+    box = data.box or data.original_box
+    small = data.at_box(min(box, StochasticSettings.box))
+    volume, _ = yield from stochastic_map(small, StochasticSettings(box=small.box, batches=batches), seed=seed, stop=stop, device=device)
+    return fourier_crop_volume(volume, box).numpy() if small.box != box else volume
 
 
 def fine_step(radius: float, settings: RefineSettings) -> float:
@@ -128,9 +142,9 @@ def run_search(data, settings, out, resume: bool, device, stop, pause, key: str)
 
     box = data.box or data.original_box
     refine = RefineSettings(max_shift=settings.max_shift * box)
-    first_radius = min(refine.start_radius, refine.start_band * box)
+    start_radius = first_radius(box, refine)
     state = {"key": key, "phase": "first map", "round": 0, "elapsed": 0.0, "history": [], "maps": [],
-             "volume": None, "rotations": None, "shifts": None, "radius": first_radius}
+             "volume": None, "rotations": None, "shifts": None, "radius": start_radius}
     saved = start_or_resume(out, key, resume)
     if saved is not None:
         state.update(saved)
@@ -161,12 +175,10 @@ def run_search(data, settings, out, resume: bool, device, stop, pause, key: str)
         return row
 
     if state["phase"] == "first map":
-        small = data.at_box(min(box, StochasticSettings.box))
-        stochastic = StochasticSettings(box=small.box, batches=settings.first_map_batches)
-        volume, _ = yield from stochastic_map(small, stochastic, seed=settings.seed, stop=interrupted, device=device)
+        volume = yield from first_map(data, settings.first_map_batches, settings.seed, interrupted, device)
         if pause is not None and pause():
             return None
-        state["volume"] = fourier_crop_volume(volume, box).numpy() if small.box != box else volume
+        state["volume"] = volume
         update = emit(state["volume"], "first map (stochastic search)", None)
         yield update
         yield record(float("nan"), float("nan"), float("nan"), update)
@@ -180,7 +192,7 @@ def run_search(data, settings, out, resume: bool, device, stop, pause, key: str)
         if interrupted() and state["rotations"] is not None:
             break
         if state["rotations"] is None:
-            radius = first_radius
+            radius = start_radius
             rot, sh, loss = yield from search_round(data, [state["volume"]], None, None, radius, refine, False, settings.seed, device)
             change = float("nan")
         else:
