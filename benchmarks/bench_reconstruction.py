@@ -23,6 +23,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -68,9 +69,12 @@ def score(volume: np.ndarray, rotations: np.ndarray | None, ref: np.ndarray, tru
     return out
 
 
-def run_method(method: str, data: ParticleData, minutes: float, ref, truth_rot, work: Path) -> list[dict]:
+def run_method(method: str, data: ParticleData, minutes: float, ref, truth_rot, work: Path,
+               collapse_scf: float | None = None) -> list[dict]:
     rows: list[dict] = []
     settings = ReconstructionSettings(method=method, max_minutes=minutes, map_minutes=max(0.5, minutes / 8))
+    if collapse_scf is not None and method == "cryospin":
+        settings = replace(settings, collapse_scf=collapse_scf)
     t0 = time.perf_counter()
 
     def on_value(item):
@@ -158,6 +162,8 @@ def main() -> None:
     parser.add_argument("--cryodrgn", help="the cryodrgn executable of a separate virtual environment")
     parser.add_argument("--cryodrgn-minutes", type=float, help="cryoDRGN's budget (default: --minutes)")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the simulated data set (poses, defocus, noise)")
+    parser.add_argument("--collapse-scf", type=float,
+                        help="cryoSPIN's collapse check (ReconstructionSettings.collapse_scf; default: the package's)")
     parser.add_argument("--workdir", default="/work/bench_recon")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--section", default="Ab initio reconstruction", help="title of the section of docs/benchmarks.md to (re)write")
@@ -182,7 +188,7 @@ def main() -> None:
     print("known poses", known_curve.resolution_px(0.5), known.resolution, flush=True)
 
     budgets = {m: args.minutes for m in args.methods}
-    results = {m: run_method(m, data, budgets[m], ref, truth_rot, work / dataset.name) for m in args.methods}
+    results = {m: run_method(m, data, budgets[m], ref, truth_rot, work / dataset.name, args.collapse_scf) for m in args.methods}
     drgn_minutes = args.cryodrgn_minutes or args.minutes
     if args.cryodrgn:
         budgets["cryodrgn abinit"] = drgn_minutes
@@ -198,6 +204,7 @@ def main() -> None:
         f"`python -u benchmarks/bench_reconstruction.py{map_arg} --n {args.n} --box {args.box} --pixel-size {args.pixel_size:g} "
         f"--minutes {args.minutes:g} --methods {' '.join(args.methods)}"
         + (f" --data-seed {args.data_seed}" if args.data_seed else "")
+        + (f" --collapse-scf {args.collapse_scf:g}" if args.collapse_scf is not None else "")
         + (f" --cryodrgn ... --cryodrgn-minutes {drgn_minutes:g}`" if args.cryodrgn else "`") + f" on {machine}.",
         "",
         f"Dataset: `{Path(args.map).name}` projected at L = {args.box} ({data.pixel_size:g} Å/px), {args.n} particles, SNR {args.snr:g}, "
