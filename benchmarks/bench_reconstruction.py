@@ -23,7 +23,6 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -72,9 +71,9 @@ def score(volume: np.ndarray, rotations: np.ndarray | None, ref: np.ndarray, tru
 def run_method(method: str, data: ParticleData, minutes: float, ref, truth_rot, work: Path,
                collapse_scf: float | None = None) -> list[dict]:
     rows: list[dict] = []
-    settings = ReconstructionSettings(method=method, max_minutes=minutes, map_minutes=max(0.5, minutes / 8))
-    if collapse_scf is not None and method == "cryospin":
-        settings = replace(settings, collapse_scf=collapse_scf)
+    # Only cryoSPIN reads collapse_scf, so it can be given to every method.
+    extra = {} if collapse_scf is None else {"collapse_scf": collapse_scf}
+    settings = ReconstructionSettings(method=method, max_minutes=minutes, map_minutes=max(0.5, minutes / 8), **extra)
     t0 = time.perf_counter()
 
     def on_value(item):
