@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_io import write_section  # noqa: E402
 
 from napari_cryo.geometry import euler_to_matrix  # noqa: E402
+from napari_cryo.reconstruction import encoder_run  # noqa: E402
 from napari_cryo.reconstruction import reconstruct as rec  # noqa: E402
 from napari_cryo.reconstruction.data import ParticleData  # noqa: E402
 from napari_cryo.reconstruction.models import VoxelVolume  # noqa: E402
@@ -56,19 +57,19 @@ def voxel_decoder(enabled: bool):
     if not enabled:
         yield
         return
-    build = rec._Run.__init__
+    build = encoder_run.EncoderRun.__init__
 
     def patched(self, data, settings, device):
         build(self, data, settings, device)
-        start = rec.random_start(self.box, self.shared_band, self.mask.cpu(), settings.seed)
+        start = encoder_run.random_start(self.box, self.shared_band, self.mask.cpu(), settings.seed)
         self.decoder = VoxelVolume(self.box, start).to(device)
         self.opt_decoder = torch.optim.Adam(self.decoder.parameters(), lr=settings.volume_lr)
 
-    rec._Run.__init__ = patched
+    encoder_run.EncoderRun.__init__ = patched
     try:
         yield
     finally:
-        rec._Run.__init__ = build
+        encoder_run.EncoderRun.__init__ = build
 
 
 def run_variant(name: str, data: ParticleData, truth: np.ndarray, minutes: float, every: float) -> tuple[list[dict], float]:

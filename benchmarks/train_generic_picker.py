@@ -29,6 +29,7 @@ from napari_cryo.picking.training import TrainConfig, train
 from napari_cryo.synthetic.micrograph import simulate_micrograph
 from napari_cryo.synthetic.structures import random_structure
 from napari_cryo.tasks import run_with_tqdm
+from napari_cryo.training_loop import EpochRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "src" / "napari_cryo" / "picking" / "weights" / "generic.pt"
@@ -86,7 +87,7 @@ def main() -> None:
     model = run_with_tqdm(
         train(model, data, config, checkpoint=out.with_name(out.name + ".ckpt")),
         "training generic picker",
-        on_value=lambda v: print(json.dumps(v)) if isinstance(v, dict) and "epoch" in v else None,
+        on_value=lambda v: print(json.dumps(v.as_dict())) if isinstance(v, EpochRecord) else None,
     )
     model.save(out, overwrite=True, half=True)
     out.with_name(out.name + ".ckpt").unlink(missing_ok=True)

@@ -50,3 +50,39 @@ def torch_threads(request):
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def longest_gui_gap(qtbot):
+    """Measure how long the main thread goes without a beat of a 20-ms QTimer while a widget action runs.
+
+    Call it with ``start`` (presses the action; returns its worker, anything but None) and
+    ``done`` (true once the action and whatever it chains have finished); it returns the longest
+    gap between two beats in seconds.  A GUI thread that does the work itself misses beats.
+    """
+    import time
+
+    def measure(start, done, timeout_ms: int = 120000) -> float:
+        import torch
+        from qtpy.QtCore import QTimer
+
+        # torch imports its compiler with the first optimizer, once per process, holding the GIL for
+        # up to ~0.3 s: that is torch's start-up, not the widget's, so it happens before timing.
+        import torch._dynamo  # noqa: F401
+
+        torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+        beats: list[float] = []
+        timer = QTimer()
+        timer.setInterval(20)
+        timer.timeout.connect(lambda: beats.append(time.perf_counter()))
+        timer.start()
+        try:
+            qtbot.wait(100)
+            assert start() is not None
+            qtbot.waitUntil(done, timeout=timeout_ms)
+            qtbot.wait(100)
+        finally:
+            timer.stop()
+        return float(np.max(np.diff(beats)))
+
+    return measure

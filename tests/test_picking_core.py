@@ -11,6 +11,7 @@ from napari_cryo.picking.preprocess import DIAMETER_PX, Scaling, normalise, prep
 from napari_cryo.picking.session import SOURCE_AUTO, SOURCE_MANUAL, MicrographSession
 from napari_cryo.picking.training import TrainConfig, picker_loss, train
 from napari_cryo.synthetic import simulate_micrograph
+from napari_cryo.training_loop import EpochRecord, Resumed
 
 
 def test_working_pixel_size():
@@ -149,18 +150,20 @@ def test_training_reduces_loss_and_resumes(tmp_path):
     gen = train(model, data, config, ckpt)
     epochs = []
     for item in gen:
-        if isinstance(item, dict) and "epoch" in item:
+        if isinstance(item, EpochRecord):
             epochs.append(item)
-            if item["epoch"] == 2:
+            if item.epoch == 2:
                 gen.close()  # interrupted after epoch 2
                 break
     assert ckpt.exists() and len(epochs) == 2
     resumed = list(train(PickerModel.new(seed=1), data, config, ckpt))
-    first = [i for i in resumed if isinstance(i, dict)][0]
-    assert first.get("resumed_from_epoch") == 2
-    history = [i for i in resumed if isinstance(i, dict) and "epoch" in i]
-    assert [h["epoch"] for h in history] == [3]
-    assert all(np.isfinite(h["train_loss"]) for h in history)
+    first = [i for i in resumed if isinstance(i, (Resumed, EpochRecord))][0]
+    assert isinstance(first, Resumed) and first.epoch == 2
+    history = [i for i in resumed if isinstance(i, EpochRecord)]
+    assert [h.epoch for h in history] == [3]
+    assert all(np.isfinite(h.train_loss) for h in history)
+    # Seconds count the time before the interruption too.
+    assert history[0].seconds >= epochs[-1].seconds
 
 
 def test_training_without_labels_is_refused():

@@ -41,7 +41,8 @@ def test_pick_threshold_and_corrections(picking, tmp_path):
     # the user deletes two picks: they become false positives
     layer.selected_data = {0, 1}
     widget.reject_selected()
-    assert len(widget.sessions[("micrograph", -1)].false_positives) == 2
+    image_id = viewer.layers["micrograph"].unique_id
+    assert len(widget.controller.sessions[(image_id, -1)].false_positives) == 2
     assert len(layer.data) == n - 2
     assert "micrograph rejected" in viewer.layers
 
@@ -82,7 +83,7 @@ def test_probability_overlay_and_retrain(picking):
     worker = widget.retrain()
     _wait(qtbot, worker)
     qtbot.waitUntil(lambda: widget._model.value == "mine", timeout=60000)
-    assert "mine" in widget.models and widget.models["mine"].history
+    assert "mine" in widget.controller.models and widget.controller.models["mine"].history
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120000)
 
 
@@ -114,3 +115,13 @@ def test_stack_of_micrographs(make_napari_viewer, qtbot, tmp_path):
     assert picks.data.shape[1] == 3 and set(np.unique(picks.data[:, 0])) == {0, 1}
     written = widget.export(tmp_path)
     assert [p.name for p in written] == ["stack_0000_picks.star", "stack_0001_picks.star"]
+
+
+def test_renamed_layer_keeps_its_picks(picking):
+    viewer, widget, qtbot = picking
+    _wait(qtbot, widget.pick())
+    viewer.layers["micrograph"].name = "renamed"
+    widget._threshold.value = 0.4  # redraws the picks of the renamed layer, in the same layer
+    _wait(qtbot, widget.pick())
+    assert [layer.name for layer in viewer.layers if layer.name.endswith("picks")] == ["micrograph picks"]
+    assert len(widget.controller.sessions) == 1 and "1 micrograph(s)" in widget._count.value

@@ -17,9 +17,22 @@ import torch
 from napari_cryo.cli import main
 from napari_cryo.geometry import euler_to_matrix
 from napari_cryo.io.mrc import read_mrc
+from napari_cryo.reconstruction.amortized import initialise_poses, unflip
+from napari_cryo.reconstruction.encoder_run import (
+    LOW_PASS_EDGE,
+    EncoderRun,
+    batch_ctf,
+    half_volumes_from_poses,
+    low_pass,
+)
+from napari_cryo.reconstruction.models import (
+    FourierNet,
+    PoseEncoder,
+    rotation_from_6d,
+    rotation_to_6d,
+)
+from napari_cryo.reconstruction.run import RunFolder
 from napari_cryo.tasks import drain
-from napari_cryo.reconstruction.models import FourierNet, PoseEncoder, rotation_from_6d, rotation_to_6d
-
 
 TORCH_THREADS = 1
 
@@ -98,7 +111,11 @@ def test_cryospin_heads_give_different_images_different_views(dataset, tmp_path)
     Here, after two epochs, without them: 0.97-0.98 per head; with them: 0.39-0.71.
     """
     from napari_cryo.reconstruction.data import ParticleData
-    from napari_cryo.reconstruction.reconstruct import CHECKPOINT, ReconstructionSettings, reconstruct
+    from napari_cryo.reconstruction.reconstruct import (
+        CHECKPOINT,
+        ReconstructionSettings,
+        reconstruct,
+    )
 
     data = ParticleData(dataset / "particles.star")
     settings = ReconstructionSettings(method="cryospin", max_minutes=5.0, batch_size=32, heads=3, patience=100)
@@ -116,7 +133,10 @@ def test_cryospin_heads_give_different_images_different_views(dataset, tmp_path)
 def test_an_epoch_ending_in_a_lone_image_trains(dataset):
     """600 particles in batches of 599: the last batch has one image, which batch norm cannot standardise alone."""
     from napari_cryo.reconstruction.data import ParticleData
-    from napari_cryo.reconstruction.reconstruct import ReconstructionSettings, reconstruct
+    from napari_cryo.reconstruction.reconstruct import (
+        ReconstructionSettings,
+        reconstruct,
+    )
 
     data = ParticleData(dataset / "particles.star")
     settings = ReconstructionSettings(method="cryospin", max_minutes=5.0, batch_size=599, heads=2, patience=100)
@@ -175,7 +195,7 @@ def test_band_limited_half_volumes_and_slices_change_nothing_that_is_compared(da
     torch.set_num_threads(TORCH_THREADS)
     data = ParticleData(dataset / "particles.star")
     rot, shifts = _truth(dataset, data.pixel_size)
-    run = rec._Run(data, rec.ReconstructionSettings(), torch.device("cpu"))
+    run = EncoderRun(data, rec.ReconstructionSettings(), torch.device("cpu"))
     run.rot6d = rotation_to_6d(torch.as_tensor(rot, dtype=torch.float32))
     run.shifts = torch.as_tensor(shifts, dtype=torch.float32)
     run.use_working_box()
@@ -184,17 +204,17 @@ def test_band_limited_half_volumes_and_slices_change_nothing_that_is_compared(da
     numerator, weights = drain(accumulate(data, rows, rot, shifts))[0]
     # The regulariser's scale no longer needs the full insertion: the CTF² sums give it, less what falls outside the box.
     assert 0.9 < float(weights.mean()) / mean_weight(data, rows) <= 1.0
-    full = rec.low_pass(wiener(numerator, weights, 0.05 * mean_weight(data, rows)), band)
-    limited = drain(rec._half_volumes_from_poses(run, band))[0][0]
+    full = low_pass(wiener(numerator, weights, 0.05 * mean_weight(data, rows)), band)
+    limited = drain(half_volumes_from_poses(run, band))[0][0]
     np.testing.assert_allclose(limited, full, atol=1e-4 * float(np.abs(full).max()))
 
-    run.use_half_volumes(drain(rec._half_volumes_from_poses(run, band))[0], band)
+    run.use_half_volumes(drain(half_volumes_from_poses(run, band))[0], band)
     batch = data.batch(np.arange(64))
     target = torch.fft.rfft2(batch.images)
-    ctf = rec._ctf(data, batch, run.box, "cpu")
+    ctf = batch_ctf(data, batch, run.box, "cpu")
     r, o = torch.as_tensor(rot[:64], dtype=torch.float32), run.shifts[:64]
     cut = run.errors(target, run.model_images(r, o, ctf, run.half_of[:64]), band)
-    run.half_band = band - rec.LOW_PASS_EDGE - 2.0 / run.box  # slices stopping at the band itself
+    run.half_band = band - LOW_PASS_EDGE - 2.0 / run.box  # slices stopping at the band itself
     too_short = run.errors(target, run.model_images(r, o, ctf, run.half_of[:64]), band)
     run.half_band = None
     whole = run.errors(target, run.model_images(r, o, ctf, run.half_of[:64]), band)
@@ -232,18 +252,19 @@ def test_reconstruct_writes_everything(dataset, tmp_path, capsys, method):
 
 def test_reconstruct_warns_when_the_views_collapse(dataset, tmp_path, capsys, monkeypatch):
     """Poses crowded onto top views: the command says the half-map FSC cannot be trusted, and the plot says so."""
-    import napari_cryo.reconstruction.reconstruct as rec
+    from napari_cryo.reconstruction import controller
     from napari_cryo.reconstruction.backproject import reconstruct_halves
+    from napari_cryo.reconstruction.run import ReconstructionResult
 
-    def collapsed(data, settings, out, resume=False, device="cpu"):
+    def collapsed(data, settings, out, resume=False, device="cpu", stop=None, pause=None):
         n = len(data)
         rot = euler_to_matrix(np.column_stack([np.zeros(n), np.linspace(0, 20, n), np.linspace(0, 360, n)]))
         shifts = np.zeros((n, 2))
         halves = yield from reconstruct_halves(data, rot, shifts)
-        return rec.ReconstructionResult(volume=halves.volume, half1=halves.half1, half2=halves.half2, pixel_size=data.pixel_size,
-                                        rotations=rot, shifts=shifts, fsc=halves.fsc, resolution=halves.resolution)
+        return ReconstructionResult(volume=halves.volume, half1=halves.half1, half2=halves.half2, pixel_size=data.pixel_size,
+                                    rotations=rot, shifts=shifts, fsc=halves.fsc, resolution=halves.resolution)
 
-    monkeypatch.setattr(rec, "reconstruct", collapsed)
+    monkeypatch.setattr(controller, "reconstruct", collapsed)
     out = tmp_path / "collapsed"
     assert main(["reconstruct", str(dataset / "particles.star"), "--out", str(out), "--device", "cpu"]) == 0
     captured = capsys.readouterr()
@@ -253,7 +274,10 @@ def test_reconstruct_warns_when_the_views_collapse(dataset, tmp_path, capsys, mo
 
 def test_switch_to_auto_decoding_can_be_forced(dataset):
     from napari_cryo.reconstruction.data import ParticleData
-    from napari_cryo.reconstruction.reconstruct import ReconstructionSettings, reconstruct
+    from napari_cryo.reconstruction.reconstruct import (
+        ReconstructionSettings,
+        reconstruct,
+    )
 
     data = ParticleData(dataset / "particles.star")
     settings = ReconstructionSettings(max_minutes=0.25, switch_after=0.0, batch_size=64, heads=3)
@@ -284,14 +308,14 @@ def test_amortized_phase_at_a_smaller_box_hands_working_box_poses_on(dataset, tm
 
     data = ParticleData(dataset / "particles.star")
     settings = rec.ReconstructionSettings(method="cryospin", heads=1, amortized_box=16)
-    run = rec._Run(data, settings, torch.device("cpu"))
+    run = EncoderRun(data, settings, torch.device("cpu"))
     assert run.box == 16 and run.shared_band == pytest.approx(0.3)
     torch.nn.init.normal_(run.encoder.translation.weight, std=0.1)  # a trained translation head: origins off centre
     run.encoder.eval()
     with torch.no_grad():
         _, small_origins = run.encoder(run.data.batch(np.arange(len(data))).images)
     assert small_origins.abs().max() > 0.1
-    drain(rec._initialise_poses(run, "cpu"))
+    drain(initialise_poses(run, "cpu"))
     assert run.box == 32 and run.halves[0].shape == (32, 32, 32)
     torch.testing.assert_close(run.shifts, 2 * small_origins)
 
@@ -310,7 +334,7 @@ def test_amortized_phase_at_a_smaller_box_hands_working_box_poses_on(dataset, tm
         volume, info = read_mrc(path)
         assert volume.shape == (32, 32, 32) and info.voxel_size == pytest.approx((2.0, 2.0, 2.0)), path.name
     # A checkpoint taken after the switch resumes at the working box.
-    resumed = rec._Run(data, rec.ReconstructionSettings(method="cryospin", heads=2, amortized_box=16, batch_size=64), torch.device("cpu"))
+    resumed = EncoderRun(data, rec.ReconstructionSettings(method="cryospin", heads=2, amortized_box=16, batch_size=64), torch.device("cpu"))
     resumed.load(torch.load(out / rec.CHECKPOINT, weights_only=False))
     assert resumed.box == 32 and resumed.halves[0].shape == (32, 32, 32)
     assert resumed.global_radii == [pytest.approx(0.15 * 32)]
@@ -345,9 +369,10 @@ def test_auto_decoded_poses_stop_jittering(dataset, tmp_path):
     every visit for ever (a median change near 1° per epoch here, never
     falling); per-particle moments average the noisy gradients down.
     """
+    from scipy.spatial.transform import Rotation
+
     from napari_cryo.reconstruction import reconstruct as rec
     from napari_cryo.reconstruction.data import ParticleData
-    from scipy.spatial.transform import Rotation
 
     torch.set_num_threads(TORCH_THREADS)
     data = ParticleData(dataset / "particles.star")
@@ -356,14 +381,13 @@ def test_auto_decoded_poses_stop_jittering(dataset, tmp_path):
     axis = rng.normal(size=(len(data), 3))
     turned = Rotation.from_rotvec(axis / np.linalg.norm(axis, axis=1, keepdims=True) * np.deg2rad(10)).as_matrix() @ truth
     settings = rec.ReconstructionSettings(max_minutes=1.5, batch_size=32, converged_degrees=0.0, map_minutes=100, global_rounds=0)
-    run = rec._Run(data, settings, torch.device("cpu"))
-    run.key = rec._run_key(data, settings)
+    run = EncoderRun(data, settings, torch.device("cpu"))
     run.rot6d = rotation_to_6d(torch.as_tensor(turned, dtype=torch.float32))
     run.shifts = torch.as_tensor(shifts, dtype=torch.float32)
     run.use_working_box()
-    run.use_half_volumes(drain(rec._half_volumes_from_poses(run, run.shared_band))[0], run.shared_band)
+    run.use_half_volumes(drain(half_volumes_from_poses(run, run.shared_band))[0], run.shared_band)
     run.phase, run.epoch = "auto-decoding", 1
-    rec.save_state(tmp_path, run.state())
+    RunFolder(tmp_path).save(run.state())
     result, items = drain(rec.reconstruct(data, settings, tmp_path, resume=True))
     changes = [i["pose_change_deg"] for i in items if isinstance(i, dict)]
     assert len(changes) >= 10, changes
@@ -377,7 +401,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(dataset, tmp_pat
 
     data = ParticleData(dataset / "particles.star")
     settings = rec.ReconstructionSettings(max_minutes=0.2, switch_after=0.0, heads=2, checkpoint_minutes=0.001)
-    original = rec._Run.errors
+    original = EncoderRun.errors
     calls = {"n": 0}
 
     def failing(self, target, model, radius):
@@ -385,7 +409,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(dataset, tmp_pat
         err = original(self, target, model, radius)
         return err * float("nan") if calls["n"] > 40 else err
 
-    monkeypatch.setattr(rec._Run, "errors", failing)
+    monkeypatch.setattr(EncoderRun, "errors", failing)
     with pytest.raises(rec.ReconstructionDiverged, match="loss became nan"):
         drain(rec.reconstruct(data, settings, tmp_path))
     state = torch.load(tmp_path / rec.CHECKPOINT, weights_only=False)
@@ -438,7 +462,10 @@ def test_half_maps_of_pure_noise_claim_no_resolution_beyond_the_shared_band(nois
     at half the budget came too late for any auto-decoding on CI.
     """
     from napari_cryo.reconstruction.data import ParticleData
-    from napari_cryo.reconstruction.reconstruct import ReconstructionSettings, reconstruct
+    from napari_cryo.reconstruction.reconstruct import (
+        ReconstructionSettings,
+        reconstruct,
+    )
 
     data = ParticleData(noise_only / "particles.star")
     # The encoder's hand-off is what is tested: on a fast machine the collapse check could start these noise
@@ -458,7 +485,10 @@ def test_search_half_maps_of_pure_noise_claim_no_resolution_beyond_the_first_rou
     (the Wiener filter's smoothing carries the agreement about a shell further).
     """
     from napari_cryo.reconstruction.data import ParticleData
-    from napari_cryo.reconstruction.reconstruct import ReconstructionSettings, reconstruct
+    from napari_cryo.reconstruction.reconstruct import (
+        ReconstructionSettings,
+        reconstruct,
+    )
 
     data = ParticleData(noise_only / "particles.star")
     settings = ReconstructionSettings(method="search", max_minutes=0.8, first_map_batches=30)
@@ -469,9 +499,13 @@ def test_search_half_maps_of_pure_noise_claim_no_resolution_beyond_the_first_rou
 
 def test_in_plane_pi_turn_of_an_image_is_the_turned_pose_with_the_origin_negated(testdata):
     """cryoAI's symmetrised loss matches some images turned by π: their poses must be recorded turned."""
-    from napari_cryo.reconstruction.physics import central_slices, fourier_crop_volume, shift_images, volume_to_fourier
-    from napari_cryo.reconstruction.reconstruct import _unflip
-
+    from napari_cryo.reconstruction.physics import (
+        central_slices,
+        fourier_crop_volume,
+        shift_images,
+        volume_to_fourier,
+    )
+    
     volume, _ = read_mrc(testdata / "particles" / "hand-vol.mrc")
     ft = volume_to_fourier(fourier_crop_volume(torch.as_tensor(np.array(volume, dtype=np.float32)), 32))
     rot = torch.as_tensor(euler_to_matrix(np.array([[30.0, 50.0, 70.0]])), dtype=torch.float32)
@@ -481,7 +515,7 @@ def test_in_plane_pi_turn_of_an_image_is_the_turned_pose_with_the_origin_negated
         return torch.fft.irfft2(shift_images(central_slices(ft, r), o, 32), s=(32, 32))[0]
 
     turned = torch.roll(torch.flip(image(rot, origin), (0, 1)), (1, 1), (0, 1))  # about the centre, L//2
-    r2, o2 = _unflip(rot, origin, torch.tensor([True]))
+    r2, o2 = unflip(rot, origin, torch.tensor([True]))
     assert torch.allclose(image(r2, o2), turned, atol=1e-4 * float(turned.abs().max()))
-    same = _unflip(rot, origin, torch.tensor([False]))
+    same = unflip(rot, origin, torch.tensor([False]))
     assert torch.equal(same[0], rot) and torch.equal(same[1], origin)

@@ -13,6 +13,9 @@ import torch
 from napari_cryo.cli import main
 from napari_cryo.geometry import euler_to_matrix
 from napari_cryo.io.mrc import read_mrc
+from napari_cryo.reconstruction.auto_decoding import global_round, global_round_due
+from napari_cryo.reconstruction.encoder_run import EncoderRun, half_volumes_from_poses
+from napari_cryo.reconstruction.phases import collapsed_views
 from napari_cryo.reconstruction.poses import rotation_angles
 from napari_cryo.reconstruction.search import (
     SearchSettings,
@@ -22,7 +25,6 @@ from napari_cryo.reconstruction.search import (
     shift_grid,
 )
 from napari_cryo.tasks import drain
-
 
 TORCH_THREADS = 2
 
@@ -161,7 +163,11 @@ def test_search_method_end_to_end(dataset, tmp_path, capsys):
 
 def test_search_method_pauses_and_resumes(dataset, tmp_path):
     from napari_cryo.reconstruction.data import ParticleData
-    from napari_cryo.reconstruction.reconstruct import CHECKPOINT, ReconstructionSettings, reconstruct
+    from napari_cryo.reconstruction.reconstruct import (
+        CHECKPOINT,
+        ReconstructionSettings,
+        reconstruct,
+    )
 
     data = ParticleData(dataset / "particles.star")
     settings = ReconstructionSettings(method="search", max_minutes=1.0, first_map_batches=20)
@@ -203,21 +209,21 @@ def test_global_round_of_auto_decoding_brings_back_particles_left_far_off(datase
     start = truth.copy()
     start[off] = (Rotation.from_rotvec(axis[off] * np.deg2rad(90)).as_matrix() @ truth[off]).astype(np.float32)
     # A band of 12.8 px at the switch (0.15 cycles/px, the default, leaves this 10-px particle too few frequencies).
-    run = rec._Run(data, rec.ReconstructionSettings(shared_radius=0.4), torch.device("cpu"))
+    run = EncoderRun(data, rec.ReconstructionSettings(shared_radius=0.4), torch.device("cpu"))
     run.rot6d, run.shifts = rotation_to_6d(torch.as_tensor(start)), torch.as_tensor(origins)
     run.use_working_box()
-    run.use_half_volumes(drain(rec._half_volumes_from_poses(run, run.shared_band))[0], run.shared_band)
+    run.use_half_volumes(drain(half_volumes_from_poses(run, run.shared_band))[0], run.shared_band)
     old_halves = [h.clone() for h in run.halves]
     run.pose_adam.t += 3
     run.pose_adam.m += 1.0
-    assert rec._global_round_due(run, 0.5) and not rec._global_round_due(run, 2.0)
+    assert global_round_due(run, 0.5) and not global_round_due(run, 2.0)
 
-    record, items = drain(rec._global_round(run, "cpu"))
+    record, items = drain(global_round(run, "cpu"))
     errors = rotation_angles(truth, rotation_from_6d(run.rot6d).numpy())
     assert np.median(errors[off]) < 20.0, np.median(errors[off])  # from 90°
     assert np.median(errors[~off]) < 8.0, np.median(errors[~off])  # the 3.75° grid's last step, then pose steps refine
     assert record["phase"] == "global search" and record["band_px"] == pytest.approx(12.8) and 0.25 < record["moved_fraction"] < 0.8
-    assert run.global_radii == [pytest.approx(12.8)] and not rec._global_round_due(run, 0.5)  # the band must grow first
+    assert run.global_radii == [pytest.approx(12.8)] and not global_round_due(run, 0.5)  # the band must grow first
     moved = run.pose_adam.t == 0
     assert moved[torch.as_tensor(off)].float().mean() > 0.95 and torch.all(run.pose_adam.m[moved] == 0)
     assert torch.all(run.pose_adam.t[~moved] == 3)
@@ -234,30 +240,34 @@ def test_collapsed_views_are_caught_after_the_set_epochs_only(dataset):
     from napari_cryo.reconstruction.models import rotation_to_6d
 
     data = ParticleData(dataset / "particles.star")
-    run = rec._Run(data, rec.ReconstructionSettings(collapse_scf=0.5, collapse_epochs=3), torch.device("cpu"))
+    run = EncoderRun(data, rec.ReconstructionSettings(collapse_scf=0.5, collapse_epochs=3), torch.device("cpu"))
     rng = np.random.default_rng(0)
     # Views within 10° of one direction, turned freely in plane: the encoder's collapse.
     tilt = Rotation.from_rotvec(rng.normal(scale=np.deg2rad(5), size=(len(data), 3)))
     spin = Rotation.from_euler("z", rng.uniform(0, 360, (len(data), 1)), degrees=True)
     run.rot6d = rotation_to_6d(torch.as_tensor((tilt * spin).as_matrix(), dtype=torch.float32))
     run.epoch = 2
-    assert rec._collapsed_views(run) is None  # too early
+    assert collapsed_views(run) is None  # too early
     run.epoch = 3
-    coverage = rec._collapsed_views(run)
+    coverage = collapsed_views(run)
     assert coverage is not None and coverage.scf < 0.5
     run.rot6d = rotation_to_6d(torch.as_tensor(Rotation.random(len(data), random_state=1).as_matrix(), dtype=torch.float32))
-    assert rec._collapsed_views(run) is None  # uniform views
+    assert collapsed_views(run) is None  # uniform views
     for other in (rec.ReconstructionSettings(method="cryoai", collapse_scf=0.5, collapse_epochs=3), rec.ReconstructionSettings(collapse_scf=0, collapse_epochs=3)):
         run.s = other
         run.rot6d = rotation_to_6d(torch.as_tensor((tilt * spin).as_matrix(), dtype=torch.float32))
-        assert rec._collapsed_views(run) is None
+        assert collapsed_views(run) is None
 
 
 def test_cryospin_after_collapsed_views_starts_from_a_stochastic_first_map(dataset, tmp_path):
     """Forced (every SCF is below 1.5): the run switches after the first epoch and still finds the map."""
     from napari_cryo.reconstruction.data import ParticleData
     from napari_cryo.reconstruction.fsc import align_maps, fsc
-    from napari_cryo.reconstruction.reconstruct import MapUpdate, ReconstructionSettings, reconstruct
+    from napari_cryo.reconstruction.reconstruct import (
+        MapUpdate,
+        ReconstructionSettings,
+        reconstruct,
+    )
 
     # A 2-minute budget: on a slow CI machine the first map and its global search alone took 1 minute.
     torch.set_num_threads(TORCH_THREADS)

@@ -18,6 +18,7 @@ from napari_cryo.segmentation.model import SegmentationModel
 from napari_cryo.segmentation.session import SegmentationSession
 from napari_cryo.segmentation.training import SlicePreview, TrainSettings, train_feature
 from napari_cryo.tasks import Progress, drain
+from napari_cryo.training_loop import EpochRecord
 
 
 @pytest.fixture(scope="module")
@@ -210,10 +211,10 @@ def test_train_learns_resumes_and_previews(slab_tomogram, tmp_path):
     ckpt = tmp_path / "bars.ckpt"
     gen = train_feature([data], feature, "vgg", settings, checkpoint=ckpt, preview=lambda: (5, plane, 10.0, stats))
     model, items = drain(gen)
-    records = [i for i in items if isinstance(i, dict)]
+    records = [i for i in items if isinstance(i, EpochRecord)]
     previews = [i for i in items if isinstance(i, SlicePreview)]
-    assert [r["epoch"] for r in records] == [1, 2, 3, 4] and all("val_loss" in r for r in records)
-    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    assert [r.epoch for r in records] == [1, 2, 3, 4] and all(np.isfinite(r.val_loss) for r in records)
+    assert records[-1].train_loss < records[0].train_loss
     assert len(previews) == 4 and previews[0].probabilities.shape == plane.shape
     assert any(isinstance(i, Progress) for i in items)
     # The model finds the unpainted slices' bars.
@@ -222,14 +223,14 @@ def test_train_learns_resumes_and_previews(slab_tomogram, tmp_path):
     gt = truth == 1
     dice = 2 * (pred & gt).sum() / (pred.sum() + gt.sum())
     assert dice > 0.7, dice
-    assert model.training["feature_value"] == 1 and model.final_loss == records[-1]["train_loss"]
+    assert model.training["feature_value"] == 1 and model.final_loss == records[-1].train_loss
 
     # Interrupt a run after its second epoch, then resume: the result matches the uninterrupted run.
     ckpt2 = tmp_path / "again.ckpt"
     gen = train_feature([data], feature, "vgg", settings, checkpoint=ckpt2)
     epochs_seen = 0
     for item in gen:
-        if isinstance(item, dict):
+        if isinstance(item, EpochRecord):
             epochs_seen += 1
             if epochs_seen == 2:
                 break
@@ -237,7 +238,7 @@ def test_train_learns_resumes_and_previews(slab_tomogram, tmp_path):
     resumed, items = drain(train_feature([data], feature, "vgg", settings, checkpoint=ckpt2))
     assert any(isinstance(i, Progress) and "resumed at epoch 2" in i.message for i in items)
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
-    np.testing.assert_allclose([r["train_loss"] for r in resumed.history], [r["train_loss"] for r in records], rtol=1e-4)
+    np.testing.assert_allclose([r["train_loss"] for r in resumed.history], [r.train_loss for r in records], rtol=1e-4)
 
 
 def test_pix2pix_trains_adversarially(slab_tomogram):

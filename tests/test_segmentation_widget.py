@@ -8,10 +8,10 @@ import pytest
 pytestmark = pytest.mark.gui
 
 
-def _wait(qtbot, worker, timeout=300000):
+def _wait(qtbot, widget, worker, timeout=300000):
+    """Wait for the view's task (a quick one may end before a signal could be waited for)."""
     assert worker is not None
-    with qtbot.waitSignal(worker.finished, timeout=timeout):
-        pass
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=timeout)
 
 
 @pytest.fixture
@@ -46,64 +46,68 @@ def test_paint_train_interact_segment_pick_mesh(tomogram_viewer, qtbot, tmp_path
     widget._box.value = 32
     widget._epochs.value = 2
     viewer.dims.set_current_step(0, 10)
-    _wait(qtbot, widget.train(["membrane", "carbon"]))
+    _wait(qtbot, widget, widget.train(["membrane", "carbon"]))
     assert set(widget.session.models) == {"membrane", "carbon"}
     widget.reset_choices()  # what napari does on every layer change: the choices must survive it
-    assert set(widget._child.choices) == {"membrane", "carbon"} and "membrane" in widget._feature.choices
-    assert [h["epoch"] for h in widget.history["carbon"]] == [1, 2]
+    assert set(widget.models.edge_child.choices) == {"membrane", "carbon"} and "membrane" in widget._feature.choices
+    assert [h.epoch for h in widget.controller.history["carbon"]] == [1, 2]
     assert "preview membrane" in viewer.layers  # shown during training
     assert viewer.layers["preview membrane"].data.shape == (96, 96)
 
     # Interaction editor: add an edge, see it in the table and the diagram; edit its radius.
-    widget._child.value, widget._kind.value, widget._parent.value = "membrane", "avoid", "carbon"
-    widget._radius.value = 5.0
-    widget.add_interaction_from_controls()
-    assert widget._table.rowCount() == 1 and widget._table.item(0, 1).text() == "avoid"
-    widget._table.item(0, 4).setText("8")
+    panel = widget.models
+    panel.edge_child.value, panel.edge_kind.value, panel.edge_parent.value = "membrane", "avoid", "carbon"
+    panel.edge_radius.value = 5.0
+    panel.add_from_controls()
+    assert panel.table.rowCount() == 1 and panel.table.item(0, 1).text() == "avoid"
+    panel.table.item(0, 4).setText("8")
     assert widget.session.graph.interactions[0].radius_nm == 8.0
     # A cycle is refused with a notification, and the graph stays as it was.
-    widget._child.value, widget._parent.value = "carbon", "membrane"
-    widget.add_interaction_from_controls()
+    panel.edge_child.value, panel.edge_parent.value = "carbon", "membrane"
+    panel.add_from_controls()
     assert len(widget.session.graph.interactions) == 1 and "cycle" in widget._status.value
-    widget._model.value = "carbon"
-    widget._emit.value = True
+    panel.model.value = "carbon"
+    panel.emit.value = True
     assert widget.session.graph.emit == {"carbon"}
 
     # Live preview follows the slice.
     widget._live.value = True
     viewer.dims.set_current_step(0, 12)
-    qtbot.waitUntil(lambda: widget._preview_worker is None and viewer.layers["preview membrane"].metadata.get("z") == 12, timeout=60000)
+    qtbot.waitUntil(lambda: widget.preview.worker is None and viewer.layers["preview membrane"].metadata.get("z") == 12, timeout=60000)
 
-    _wait(qtbot, widget.segment())
+    _wait(qtbot, widget, widget.segment())
     widget.reset_choices()
     assert set(widget._pick_feature.choices) == {"membrane", "carbon"}
     seg = viewer.layers["tomo membrane"]
     assert seg.data.shape == t.volume.shape and tuple(seg.scale) == (12.0, 12.0, 12.0)
-    written = widget.save_segmentations(tmp_path)
-    assert sorted(p.name for p in written) == ["tomo__carbon.mrc", "tomo__membrane.mrc"]
+    _wait(qtbot, widget, widget.save_segmentations(tmp_path))
+    assert sorted(p.name for p in tmp_path.glob("*.mrc")) == ["tomo__carbon.mrc", "tomo__membrane.mrc"]
 
     widget._pick_feature.value = "membrane"
     widget._pick_threshold.value = 0.3
-    points = widget.pick()
+    _wait(qtbot, widget, widget.pick())
+    points = viewer.layers["tomo membrane picks"]
     assert points is not None and points.ndim == 3 and {"volume", "weight"} <= set(points.features)
     assert tuple(points.scale) == (12.0, 12.0, 12.0)
     assert widget.export_picks(tmp_path / "picks.star").exists()
     assert widget.export_picks(tmp_path / "picks.tsv").read_text().startswith("x\ty\tz")
 
-    surface = widget.make_mesh()
+    _wait(qtbot, widget, widget.make_mesh())
+    surface = viewer.layers["tomo membrane mesh"]
     assert surface is not None and len(surface.data[1]) > 0
-    assert widget.save_mesh(tmp_path / "membrane.obj").exists()
+    _wait(qtbot, widget, widget.save_mesh(tmp_path / "membrane.obj"))
+    assert (tmp_path / "membrane.obj").exists()
 
-    widget.save_group(tmp_path / "both.scnmgroup")
+    _wait(qtbot, widget, panel.save_group(tmp_path / "both.scnmgroup"))
     widget.session.models.clear()
-    widget.load_models(tmp_path / "both.scnmgroup")
+    _wait(qtbot, widget, panel.load_models(tmp_path / "both.scnmgroup"))
     assert set(widget.session.models) == {"membrane", "carbon"} and widget.session.graph.emit == {"carbon"}
     assert len(widget.session.graph.interactions) == 1
-    qtbot.waitUntil(lambda: widget._preview_worker is None, timeout=60000)  # loading refreshes the live preview
+    qtbot.waitUntil(lambda: widget.preview.worker is None, timeout=60000)  # loading refreshes the live preview
 
 
-def test_bad_input_is_a_notification(tomogram_viewer, tmp_path, monkeypatch):
-    import napari.utils.notifications as notifications
+def test_bad_input_is_a_notification(tomogram_viewer, qtbot, tmp_path, monkeypatch):
+    from napari.utils import notifications
 
     from napari_cryo.segmentation._widget import SegmentationWidget
 
@@ -113,11 +117,11 @@ def test_bad_input_is_a_notification(tomogram_viewer, tmp_path, monkeypatch):
     widget = SegmentationWidget(viewer)
     widget._tomogram.value = viewer.layers["tomo"]
     widget.new_annotation_layer()
-    assert widget.train(["membrane"]) is None  # nothing painted
-    assert "no annotation" in errors[-1]
+    _wait(qtbot, widget, widget.train(["membrane"]))  # nothing painted: the worker says so before training anything
+    assert "no annotation" in errors[-1] and not widget.session.models and widget._train.enabled
     assert widget.segment() is None and "no models" in errors[-1]
     (tmp_path / "x.scnm").write_text("junk")
-    widget.load_models(tmp_path / "x.scnm")
+    _wait(qtbot, widget, widget.models.load_models(tmp_path / "x.scnm"))
     assert "x.scnm" in errors[-1]
     widget.add_feature("membrane")
     assert "name" in errors[-1]
@@ -139,6 +143,7 @@ def test_annotations_of_several_tomograms_are_pooled(tomogram_viewer):
     labels2[3] = np.where(t.labels[3] == 1, 2, 0)
     viewer.add_labels(labels2, name="tomo2 annotations", metadata={METADATA_KEY: features_to_metadata(second_table), "tomogram": "tomo2"})
     widget._annotation.value = first
-    pooled = widget.annotated_tomograms({f.name: f for f in widget.features()})
+    sources = widget.controller.annotation_sources(viewer.layers, viewer.layers["tomo"], first)
+    pooled = widget.controller.annotated_tomograms(sources, {f.name: f for f in widget.features()})
     assert [p.name for p in pooled] == ["tomo", "tomo2"]
     assert set(np.unique(pooled[1].labels[3])) == {0, 1}  # membrane is 1 in the chosen table

@@ -13,6 +13,7 @@ from napari_cryo.squares.model import SquareModel, XCryoNet
 from napari_cryo.squares.pipeline import analyse_atlas, score_atlas
 from napari_cryo.squares.training import SquareTrainConfig, train_squares
 from napari_cryo.synthetic.atlas import simulate_atlas
+from napari_cryo.training_loop import EpochRecord, Resumed
 
 
 def _match(found: pd.DataFrame, truth: pd.DataFrame, tol: float):
@@ -122,11 +123,11 @@ def test_train_score_and_resume(tmp_path):
     config = SquareTrainConfig(epochs=2, batch_size=16)
     gen = train_squares(model, atlas.crops[complete], labels[complete], config, ckpt)
     for item in gen:
-        if isinstance(item, dict) and item.get("epoch") == 1:
+        if isinstance(item, EpochRecord) and item.epoch == 1:
             gen.close()
             break
-    resumed = [i for i in train_squares(SquareModel(XCryoNet(channels=16)), atlas.crops[complete], labels[complete], config, ckpt) if isinstance(i, dict)]
-    assert resumed[0]["resumed_from_epoch"] == 1 and resumed[-1]["epoch"] == 2
+    resumed = [i for i in train_squares(SquareModel(XCryoNet(channels=16)), atlas.crops[complete], labels[complete], config, ckpt) if isinstance(i, (Resumed, EpochRecord))]
+    assert isinstance(resumed[0], Resumed) and resumed[0].epoch == 1 and resumed[-1].epoch == 2
     model.save(tmp_path / "m.pt")
     back = SquareModel.load(tmp_path / "m.pt")
     table, maps = score_atlas(back, atlas)

@@ -31,7 +31,7 @@ def test_extract_label_train_score_export(make_napari_viewer, qtbot, tmp_path):
     widget.apply_scores()
     assert list(shapes.features["label_overall"].iloc[:3]) == [3.0, 3.0, 3.0]
     shapes.selected_data = {5}
-    widget.set_selected("atlas", overall=0.0)
+    widget.set_selected(viewer.layers["atlas"].unique_id, overall=0.0)
     assert shapes.features["label_overall"].iloc[5] == 0.0
 
     widget._labels_file.value = str(tmp_path / "labels.csv")

@@ -201,3 +201,17 @@ def test_relion5_centred_coordinates(tmp_path):
     (tmp_path / "tomograms.star").unlink()
     (cs,) = read_coordinates(tmp_path / "particles.star")
     assert any("relative to the tomogram centre" in n for n in cs.notes)
+
+
+def test_the_same_table_writes_the_same_bytes(tmp_path):
+    import time
+
+    from napari_cryo.io.star import write_star
+
+    table = pd.DataFrame({"rlnCoordinateX": [1.5, 2.0], "rlnCoordinateY": [3.0, 4.25], "rlnMicrographName": ["a.mrc", "a.mrc"]})
+    first = write_star({"particles": table}, tmp_path / "a.star")
+    time.sleep(1.1)  # starfile's own header carries the time of writing to the second
+    second = write_star({"particles": table}, tmp_path / "b.star")
+    assert first.read_bytes() == second.read_bytes()
+    assert b"written by napari-cryo" in first.read_bytes()
+    pd.testing.assert_frame_equal(starfile.read(first), table)

@@ -31,7 +31,7 @@ def test_run_with_tqdm_propagates_errors():
 def test_worker_yields_on_main_thread_and_cancels(qtbot):
     import threading
 
-    from napari_cryo.tasks import start_worker
+    from napari_cryo._view import start_worker
 
     main = threading.get_ident()
     values, threads, returned = [], [], []
@@ -56,11 +56,11 @@ def test_worker_yields_on_main_thread_and_cancels(qtbot):
 def test_worker_errors_become_notifications(qtbot, monkeypatch):
     import napari.utils.notifications as notifications
 
-    from napari_cryo import tasks
+    from napari_cryo import _view
 
     shown = []
     monkeypatch.setattr(notifications, "show_error", shown.append)
-    worker = tasks.start_worker(counting, 5, fail_at=1, description="count")
+    worker = _view.start_worker(counting, 5, fail_at=1, description="count")
     with qtbot.waitSignal(worker.finished, timeout=10000):
         pass
     assert shown == ["x.mrc: broken"]

@@ -59,7 +59,10 @@ def restore_checkpoint(
         return None
     if not isinstance(state, dict) or state.get("run_key") != run_key or len(state.get("optimizers", [])) != len(optimizers):
         return None
-    net.load_state_dict(state["model"])
-    for optimizer, saved in zip(optimizers, state["optimizers"]):
-        optimizer.load_state_dict(saved)
+    try:
+        net.load_state_dict(state["model"])
+        for optimizer, saved in zip(optimizers, state["optimizers"]):
+            optimizer.load_state_dict(saved)
+    except (KeyError, RuntimeError, ValueError):  # written by another layout of the same run: start again
+        return None
     return int(state["epoch"]), list(state["history"])

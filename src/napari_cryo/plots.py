@@ -8,8 +8,13 @@ from pathlib import Path
 from typing import Any
 
 
-def loss_figure(history: Sequence[dict[str, Any]], figure=None, title: str = "training"):
-    """Plot train and validation loss per epoch on a (new or given) matplotlib Figure."""
+def loss_figure(history: Sequence[Any], figure=None, title: str = "training"):
+    """Plot train and validation loss per epoch on a (new or given) matplotlib Figure.
+
+    ``history`` holds :class:`~napari_cryo.training_loop.EpochRecord` objects or their dicts
+    (as model files keep them).
+    """
+    history = [h.as_dict() if hasattr(h, "as_dict") else h for h in history]
     if figure is None:
         from matplotlib.figure import Figure
 

@@ -2,11 +2,9 @@
 
 Core functions that take long are written as generators yielding
 :class:`Progress` (and, where useful, intermediate results).  A widget runs
-them with :func:`start_worker` in a napari ``thread_worker``: progress drives
-a napari progress bar, other values go to ``on_yield`` on the main thread
-(which is where layers are touched), and ``worker.quit()`` cancels between
-two yields.  The command line runs the same generator with
-:func:`run_with_tqdm`.
+them in a napari ``thread_worker`` through the shared view base
+(:mod:`napari_cryo._view`); the command line runs the same generator with
+:func:`run_with_tqdm`.  This module imports neither Qt nor napari.
 """
 
 from __future__ import annotations
@@ -15,7 +13,10 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import CryoInputError
+
+
+#: A long action ready to run: a generator function without arguments (a view runs it in a worker).
+Job = Callable[[], Generator[Any, None, Any]]
 
 
 @dataclass(frozen=True)
@@ -85,58 +86,3 @@ def run_with_tqdm(gen: Iterator[Any], description: str = "", on_value: Callable[
                 on_value(item)
     finally:
         bar.close()
-
-
-def start_worker(
-    func: Callable[..., Generator[Any, None, Any]],
-    *args: Any,
-    description: str = "",
-    on_yield: Callable[[Any], None] | None = None,
-    on_returned: Callable[[Any], None] | None = None,
-    on_finished: Callable[[], None] | None = None,
-    **kwargs: Any,
-):
-    """Run a progress generator in a napari thread worker with a progress bar.
-
-    Returns the started ``GeneratorWorker``; call ``quit()`` on it to cancel.
-    Errors are shown as napari notifications: a :class:`CryoInputError` as
-    its one-line message, anything else with its type.
-    """
-    from napari.qt.threading import thread_worker
-    from napari.utils import progress
-    from napari.utils.notifications import show_error, show_info
-
-    # Errors are shown by _errored below, not re-raised into the event loop.
-    worker = thread_worker(func, start_thread=False, ignore_errors=True)(*args, **kwargs)
-    bar = progress(total=0, desc=description)
-
-    def _yielded(item: Any) -> None:
-        if isinstance(item, Progress):
-            if item.total is not None and bar.total != item.total:
-                bar.total = item.total
-            bar.n = item.done
-            if item.message:
-                bar.set_description(f"{description}: {item.message}" if description else item.message)
-            bar.refresh()
-        elif on_yield is not None:
-            on_yield(item)
-
-    def _errored(exc: BaseException) -> None:
-        if isinstance(exc, CryoInputError):
-            show_error(str(exc))
-        else:
-            show_error(f"{description or 'task'} failed: {type(exc).__name__}: {exc}")
-
-    def _finished() -> None:
-        bar.close()
-        if on_finished is not None:
-            on_finished()
-
-    worker.yielded.connect(_yielded)
-    worker.errored.connect(_errored)
-    worker.aborted.connect(lambda: show_info(f"{description or 'task'} cancelled"))
-    if on_returned is not None:
-        worker.returned.connect(on_returned)
-    worker.finished.connect(_finished)
-    worker.start()
-    return worker

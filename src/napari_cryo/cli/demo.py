@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ..errors import CryoInputError
+from ..layer_meta import layer_kind
 
 HELP = "open the sample data in napari (headless with --out: screenshots and a summary)"
 
@@ -35,7 +36,7 @@ def _samples():
 def _show_truth(viewer, name: str) -> None:
     """Make the ground-truth overlays visible where they help the screenshot."""
     for layer in viewer.layers:
-        if name in ("micrograph", "tomogram") and layer._type_string == "points":
+        if name in ("micrograph", "tomogram") and layer_kind(layer) == "points":
             layer.visible = True
 
 
@@ -68,10 +69,10 @@ def _screenshots(viewer, name: str, out: Path, overwrite: bool) -> list[Path]:
 
 def _layer_line(layer) -> str:
     shape = getattr(layer.data, "shape", None)
-    if layer._type_string in ("points",):
+    if layer_kind(layer) == "points":
         shape = (len(layer.data),)
     scale = ", ".join(f"{s:g}" for s in layer.scale)
-    return f"| {layer.name} | {layer._type_string} | {tuple(shape) if shape is not None else '-'} | {scale} |"
+    return f"| {layer.name} | {layer_kind(layer)} | {tuple(shape) if shape is not None else '-'} | {scale} |"
 
 
 def run_headless(out: Path, overwrite: bool, size: tuple[int, int]) -> Path:

@@ -6,6 +6,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from .. import layer_meta as meta
 from .layers import LayerData, mrc_layer_data, star_layer_data
 from .mrc import MRC_SUFFIXES, sniff_mrc
 from .star import CENTERED_COLUMNS, sniff_star
@@ -39,7 +40,7 @@ def read_mrc_files(path: str | list[str]) -> list[LayerData]:
 
 
 def _warn_notes(path: str, layers: list[LayerData]) -> None:
-    notes = dict.fromkeys(n for _, kw, _ in layers for n in kw.get("metadata", {}).get("notes", []))
+    notes = dict.fromkeys(n for _, kw, _ in layers for n in kw.get("metadata", {}).get(meta.NOTES, []))
     for note in notes:
         warnings.warn(f"{Path(path).name}: {note}", UserWarning, stacklevel=3)
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .. import layer_meta as keys
 from ..errors import CryoInputError
 from .mrc import write_mrc
 from .star import write_coordinates
@@ -66,21 +67,21 @@ def _write_points(path: str, data: Any, meta: dict[str, Any], layout: str) -> li
     if not np.allclose(scale, scale[-1], rtol=1e-6):
         raise CryoInputError(path, f"STAR files have one pixel size; this layer's scale is {tuple(scale)}")
     metadata = meta.get("metadata") or {}
-    pixel = float(scale[-1]) if metadata.get("pixel_size_known", True) else None
+    pixel = float(scale[-1]) if metadata.get(keys.PIXEL_SIZE_KNOWN, True) else None
     features = meta.get("features")
     if features is not None and not isinstance(features, pd.DataFrame):
         features = pd.DataFrame(features)
     out = Path(path)
     if not out.name.lower().endswith(".star"):
         out = out.with_name(out.name + ".star")
-    optics = metadata.get("star_optics") if isinstance(metadata.get("star_optics"), pd.DataFrame) else None
+    optics = metadata.get(keys.STAR_OPTICS) if isinstance(metadata.get(keys.STAR_OPTICS), pd.DataFrame) else None
     write_coordinates(
         out,
         points,
         features,
         pixel,
         layout=layout,
-        micrograph_name=metadata.get("micrograph_name"),
+        micrograph_name=metadata.get(keys.MICROGRAPH_NAME),
         optics=optics,
         overwrite=True,
     )

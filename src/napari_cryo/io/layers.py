@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from .. import layer_meta as meta
+from ..layer_meta import LayerData
 from ..errors import CryoInputError
 from ..geometry import particle_axes
 from .mrc import MrcInfo, check_finite_sample, contrast_limits_for, read_mrc, sample_planes
 from .particles import ParticleStack, optics_groups
 from .star import EULER_COLUMNS, CoordinateSet, particle_table, read_coordinates, read_star
 
-LayerData = tuple[Any, dict[str, Any], str]
 
 #: Files naming more micrographs/tomograms than this open as one Points layer
 #: with the name as a feature; fewer open as one layer each.
@@ -74,13 +74,13 @@ def mrc_layer_data(path: str | os.PathLike, name: str | None = None) -> list[Lay
     translate = (0.0,) * extra + tuple(float(o) for o in origin)
     units = ("pixel",) * extra + ("angstrom",) * ndim_sp
     metadata = {
-        "source_path": str(info.path),
+        meta.SOURCE_PATH: str(info.path),
         "mrc_kind": info.kind,
-        "pixel_size": float(spatial[-1]) if known else None,
-        "pixel_size_known": known,
+        meta.PIXEL_SIZE: float(spatial[-1]) if known else None,
+        meta.PIXEL_SIZE_KNOWN: known,
         "mrc_header": info.header,
         "mrc_labels": info.labels,
-        "notes": [] if known else ["the header has no voxel size (cell is zero): shown in pixels, scale 1"],
+        meta.NOTES: [] if known else ["the header has no voxel size (cell is zero): shown in pixels, scale 1"],
     }
     kwargs = {
         "name": name or _stem(info.path),
@@ -115,12 +115,12 @@ def points_layer_data(cs: CoordinateSet, name: str, source: Path, optics: pd.Dat
             if numeric.notna().all():
                 features[column] = numeric
     metadata = {
-        "source_path": str(source),
-        "pixel_size": cs.pixel_size,
-        "pixel_size_known": cs.pixel_size is not None,
-        "micrograph_name": cs.name,
-        "star_optics": optics,
-        "notes": cs.notes + ([] if cs.pixel_size is not None else ["the file gives no pixel size: shown in pixels, scale 1"]),
+        meta.SOURCE_PATH: str(source),
+        meta.PIXEL_SIZE: cs.pixel_size,
+        meta.PIXEL_SIZE_KNOWN: cs.pixel_size is not None,
+        meta.MICROGRAPH_NAME: cs.name,
+        meta.STAR_OPTICS: optics,
+        meta.NOTES: cs.notes + ([] if cs.pixel_size is not None else ["the file gives no pixel size: shown in pixels, scale 1"]),
     }
     size = 10 if ndim == 2 else 8
     kwargs = {
@@ -151,7 +151,7 @@ def points_layer_data(cs: CoordinateSet, name: str, source: Path, optics: pd.Dat
             "edge_width": 1.0,
             "visible": ndim == 3,
             "features": features[list(EULER_COLUMNS)].reset_index(drop=True),
-            "metadata": {"source_path": str(source), "convention": "RELION ZYZ: reference Z axis = A @ (0,0,1)"},
+            "metadata": {meta.SOURCE_PATH: str(source), "convention": "RELION ZYZ: reference Z axis = A @ (0,0,1)"},
         }
         layers.append((vectors, vkwargs, "vectors"))
     return layers
@@ -220,12 +220,12 @@ def particle_stack_layer_data(path: Path, pt=None) -> list[LayerData]:
         scale = (1.0, px or 1.0, px or 1.0)
         name = path.stem if len(groups) == 1 else f"{path.stem} [group {k + 1}]"
         metadata = {
-            "source_path": str(path),
+            meta.SOURCE_PATH: str(path),
             "mrc_kind": "stack",
-            "pixel_size": px,
-            "pixel_size_known": px is not None,
+            meta.PIXEL_SIZE: px,
+            meta.PIXEL_SIZE_KNOWN: px is not None,
             "star_table": stack.table(),
-            "star_optics": pt.optics,
+            meta.STAR_OPTICS: pt.optics,
             "star_rows": rows,
             "stack_paths": [str(p) for p in stack.stack_paths],
         }

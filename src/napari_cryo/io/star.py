@@ -570,7 +570,6 @@ def write_coordinates(
     pathlib.Path
         The file written.
     """
-    import starfile
 
     path = Path(path)
     if layout not in ("3.1", "3.0"):
@@ -601,9 +600,45 @@ def write_coordinates(
             table["rlnMagnification"] = 10000.0
             table["rlnDetectorPixelSize"] = float(pixel_size)
         data = {"": _formatted(table)}
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        starfile.write(data, tmp, quote_all_strings=False)
+    write_star(data, path, overwrite=overwrite)
     return path
+
+
+def write_star(
+    blocks: dict[str, pd.DataFrame | dict[str, Any]],
+    path: str | os.PathLike,
+    overwrite: bool = False,
+    float_format: str = "%.6f",
+) -> Path:
+    """Write STAR data blocks atomically, the same bytes for the same data.
+
+    starfile's own header carries the time of writing, so two writes of the
+    same table would differ; the header written here names the package only.
+
+    Parameters
+    ----------
+    blocks : dict
+        Block name -> table (loop block) or dict (simple block), as :func:`read_star` returns.
+    path : str or os.PathLike
+        The STAR file.
+    overwrite : bool
+        Whether an existing file may be replaced.
+    float_format : str
+        printf format of float columns.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    from starfile.writer import StarWriter
+
+    from .. import __version__
+
+    writer = StarWriter(blocks, quote_all_strings=False, float_format=float_format)
+    lines = [f"# written by napari-cryo {__version__}", "", "", *writer.data_block_generator()]
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        tmp.write_text("".join(line + "\n" for line in lines))
+    return Path(path)
 
 
 def _formatted(df: pd.DataFrame) -> pd.DataFrame:
@@ -620,7 +655,6 @@ def convert_star_layout(
     3.1+ -> 3.0 copies each group's optics columns onto its rows and adds
     ``rlnDetectorPixelSize``/``rlnMagnification`` from the pixel size.
     """
-    import starfile
 
     src, dst = Path(src), Path(dst)
     pt = particle_table(src)
@@ -666,8 +700,7 @@ def convert_star_layout(
             data = {"optics": _formatted(optics), "particles": _formatted(table)}
     else:
         raise CryoInputError(dst, f"unknown STAR layout {layout!r} (use 3.1 or 3.0)")
-    with atomic_path(dst, overwrite=overwrite) as tmp:
-        starfile.write(data, tmp, quote_all_strings=False)
+    write_star(data, dst, overwrite=overwrite)
     return dst
 
 

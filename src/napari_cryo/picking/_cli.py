@@ -93,6 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..device import resolve_device
     from ..io.atomic import check_writable
     from ..tasks import run_with_tqdm
+    from ..training_loop import EpochRecord, Resumed
     from .data import load_micrograph, match_picks
     from .labels import prepare_training_micrograph
     from .model import PickerModel, load_model
@@ -137,10 +138,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     checkpoint = out.with_name(out.name + ".ckpt")
 
     def report(value):
-        if isinstance(value, dict) and "epoch" in value:
-            print(f"epoch {value['epoch']}: train loss {value['train_loss']:.4f}, validation loss {value['val_loss']:.4f}", file=sys.stderr)
-        elif isinstance(value, dict) and "resumed_from_epoch" in value:
-            print(f"resuming from the checkpoint at epoch {value['resumed_from_epoch']}", file=sys.stderr)
+        if isinstance(value, EpochRecord):
+            print(f"epoch {value.epoch}: train loss {value.train_loss:.4f}, validation loss {value.val_loss:.4f}", file=sys.stderr)
+        elif isinstance(value, Resumed):
+            print(f"resuming from the checkpoint at epoch {value.epoch}", file=sys.stderr)
 
     model = run_with_tqdm(train(model, data, config, checkpoint, device), "training", report)
     model.save(out, overwrite=args.overwrite)
@@ -158,8 +159,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..device import resolve_device
-    from ..io.star import write_coordinates
     from .data import load_micrograph
+    from .export import check_targets, micrograph_file_name, picks_path, write_picks
     from .model import load_model
     from .picks import pick_micrograph
 
@@ -172,15 +173,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not 0 <= threshold <= 1:
         raise CryoInputError(None, f"--threshold must be between 0 and 1, got {threshold}")
     masks = _masks_by_stem(args.masks)
-    from .data import stem_of
-
-    targets = [out / f"{stem_of(p)}_picks.star" for p in args.micrographs]
-    if len(set(targets)) < len(targets):
-        raise CryoInputError(None, "two micrographs have the same file name; their pick files would collide")
-    if not args.overwrite:
-        existing = [t for t in targets if t.exists()]
-        if existing:
-            raise CryoInputError(existing[0], f"already exists{f' (and {len(existing) - 1} more)' if len(existing) > 1 else ''}; use --overwrite")
+    targets = [picks_path(out, p) for p in args.micrographs]
+    check_targets(targets, args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     total = 0
     for path, target in zip(tqdm(args.micrographs, desc="picking", unit="micrograph", disable=None), targets):
@@ -198,10 +192,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             name=str(path),
         )
         yx, scores = result.picks(threshold, args.min_distance, args.border)
-        import pandas as pd
-
-        features = pd.DataFrame({"rlnAutopickFigureOfMerit": scores})
-        write_coordinates(target, yx, features, mic.pixel_size, micrograph_name=str(path), overwrite=True)
+        write_picks(target, yx, scores, mic.pixel_size, micrograph_file_name(path))
         total += len(yx)
     print(f"wrote {len(targets)} pick file(s) with {total} picks to {out}")
     return 0

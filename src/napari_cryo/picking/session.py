@@ -1,6 +1,6 @@
 """The state of picking one micrograph interactively, without Qt.
 
-The widget keeps one :class:`MicrographSession` per micrograph layer.  It
+The picking controller keeps one :class:`MicrographSession` per micrograph.  It
 combines the model's picks at the current threshold with the user's
 corrections: particles added by hand are kept whatever the threshold, and
 picks the user deleted become false positives, which are never shown again
@@ -49,6 +49,9 @@ class MicrographSession:
     min_distance: float | None = None
     manual: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     false_positives: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    # The network's picks at the last (result, threshold, min distance): the widget asks for
+    # them again on every redraw and count, and extracting them is the slow part.
+    _network_picks: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def radius_px(self) -> float:
@@ -59,7 +62,11 @@ class MicrographSession:
         """Network picks at ``threshold``, minus those near a rejected pick or a manual one."""
         if self.result is None:
             return np.zeros((0, 2)), np.zeros(0)
-        yx, scores = self.result.picks(self.threshold if threshold is None else threshold, self.min_distance)
+        settings = (self.threshold if threshold is None else threshold, self.min_distance)
+        cached = self._network_picks
+        if cached is None or cached[0] is not self.result or cached[1] != settings:
+            cached = self._network_picks = (self.result, settings, self.result.picks(*settings))
+        yx, scores = cached[2]
         keep = np.ones(len(yx), dtype=bool)
         for other in (self.false_positives, self.manual):
             if len(other) and len(yx):

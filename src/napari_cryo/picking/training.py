@@ -1,8 +1,9 @@
 """Training the picker: patches, augmentation, positive-unlabelled loss, checkpoints.
 
-Training is a generator: it yields :class:`~napari_cryo.tasks.Progress` and,
-after each epoch, a dict with the losses (for the loss plot), and returns
-the trained :class:`~.model.PickerModel`.  Closing the generator (the
+Training runs on the shared loop (:mod:`napari_cryo.training_loop`): a
+generator yielding :class:`~napari_cryo.tasks.Progress` and, after each
+epoch, an :class:`~napari_cryo.training_loop.EpochRecord`; it returns the
+trained :class:`~.model.PickerModel`.  Closing the generator (the
 widget's Cancel) stops it between two steps; the last checkpoint stays.
 
 The loss has two parts.
@@ -23,18 +24,17 @@ import hashlib
 import json
 import math
 import os
-import time
 from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints import cosine_lr, restore_checkpoint, save_checkpoint
+from ..checkpoints import cosine_lr
 from ..errors import CryoInputError
 from ..tasks import Progress
+from ..training_loop import EpochRecord, Resumed, history_dicts, run_training
 from .labels import FALSE_POSITIVE, UNLABELLED, TrainingMicrograph
 from .model import BACKGROUND, JUNK, PARTICLE, PickerModel
 
@@ -264,7 +264,7 @@ def train(
     config: TrainConfig | None = None,
     checkpoint: str | os.PathLike | None = None,
     device: torch.device | str = "cpu",
-) -> Generator[Progress | dict[str, Any], None, PickerModel]:
+) -> Generator[Progress | Resumed | EpochRecord, None, PickerModel]:
     """Train (or fine-tune) ``model`` in place; a generator (see module docstring).
 
     Parameters
@@ -283,8 +283,8 @@ def train(
 
     Yields
     ------
-    Progress or dict
-        Progress per step; ``{"epoch", "train_loss", "val_loss", ...}`` per epoch.
+    Progress, Resumed or EpochRecord
+        Progress per step; ``Resumed`` once after a checkpoint was restored; a record per epoch.
 
     Returns
     -------
@@ -309,15 +309,10 @@ def train(
         b"".join(np.ascontiguousarray(m.target[::7, ::7]).tobytes() for m in micrographs)
     ).hexdigest()[:12]
     run_key = f"{config.key()}-{data_key}"
-    start_epoch, history = 0, []
-    restored = restore_checkpoint(checkpoint, run_key, net, [opt])
-    if restored is not None:
-        start_epoch, history = restored
-        yield {"resumed_from_epoch": start_epoch, "history": history}
     border = _border_weight(config.patch).to(device)
     total_steps = config.epochs * config.steps_per_epoch
-    t0 = time.perf_counter()
-    for epoch in range(start_epoch, config.epochs):
+
+    def train_epoch(epoch: int) -> Generator[Progress, None, float]:
         sampler = PatchSampler(train_set, config, seed=config.seed * 1000 + epoch)
         net.train()
         losses = []
@@ -333,33 +328,27 @@ def train(
             fp = tgt == FALSE_POSITIVE
             pixel_w[fp] *= config.false_positive_weight
             tgt[fp] = BACKGROUND
-            loss, parts = picker_loss(logits, tgt, prior, weights, pixel_w, config.pu_weight)
+            loss, _ = picker_loss(logits, tgt, prior, weights, pixel_w, config.pu_weight)
             if not torch.isfinite(loss):
                 raise CryoInputError(None, f"training diverged (loss is {loss.item()}) at epoch {epoch + 1}; the last checkpoint is kept")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
-            done = epoch * config.steps_per_epoch + step + 1
-            yield Progress(done, total_steps, f"epoch {epoch + 1}/{config.epochs}, loss {np.mean(losses[-10:]):.3f}")
-        val = validation_loss(model, val_set, weights, device) if val_set else float("nan")
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": float(np.mean(losses)),
-            "val_loss": val,
-            "seconds": time.perf_counter() - t0,
-        }
-        history.append(record)
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, net, [opt], epoch + 1, history, run_key)
-        yield dict(record)
+            yield Progress(global_step + 1, total_steps, f"epoch {epoch + 1}/{config.epochs}, loss {np.mean(losses[-10:]):.3f}")
+        return float(np.mean(losses))
+
+    def validate(_epoch: int) -> float:
+        return validation_loss(model, val_set, weights, device) if val_set else math.nan
+
+    history = yield from run_training(net, [opt], config.epochs, train_epoch, validate, checkpoint, run_key)
     net.eval()
     model.history = list(model.history) + [
         {
             "epochs": config.epochs,
             "micrographs": len(micrographs),
             "labelled_particles": int(sum(m.n_labelled for m in micrographs)),
-            "losses": history,
+            "losses": history_dicts(history),
             "config": asdict(config),
         }
     ]

@@ -18,7 +18,7 @@ HELP = "ab initio 3D reconstruction from a particle STAR file (cryoSPIN or cryoA
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     from ..cli import add_device_arg
-    from .reconstruct import METHODS, ReconstructionSettings
+    from .settings import METHODS, ReconstructionSettings
 
     d = ReconstructionSettings()
     parser.add_argument("particles", help="RELION particle STAR file (rlnImageName, CTF columns)")
@@ -54,9 +54,10 @@ def main(args: argparse.Namespace) -> int:
     """Run a reconstruction."""
     from ..device import describe_device, resolve_device
     from ..tasks import run_with_tqdm
+    from .controller import run_to_folder
     from .data import ParticleData
-    from .outputs import OUTPUT_FILES, write_result
-    from .reconstruct import ReconstructionSettings, reconstruct
+    from .outputs import OUTPUT_FILES
+    from .settings import ReconstructionSettings
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -76,10 +77,9 @@ def main(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     print(f"{len(data)} particles, box {data.box or data.original_box} at {data.pixel_size:.3g} Å; {settings.method} on {describe_device(device)}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
-    result = run_with_tqdm(reconstruct(data, settings, out, resume=args.resume, device=device), "reconstruct")
+    result = run_with_tqdm(run_to_folder(data, settings, out, resume=args.resume, device=device), "reconstruct")
     px = result.pixel_size
     coverage = result.coverage
-    write_result(out, data.table, result, settings.method)
     if coverage.warning():
         print(f"napari-cryo reconstruct: warning: {coverage.warning()}", file=sys.stderr)
     print(f"{out / 'volume.mrc'}: resolution {result.resolution:.2f} Å at FSC 0.143 (half maps), {px:.3g} Å/px; {coverage.describe()}")

@@ -1,41 +1,51 @@
 """The reconstruction widget: choose particles, run, watch the map form in 3D, save.
 
-Thin by design: the run is :func:`.reconstruct.reconstruct` in a napari
-thread worker; the map layer is updated only from what the worker yields
-(on the main thread).  Pause closes the run (a checkpoint is kept), Resume
-continues it from the checkpoint, Stop ends pose inference and computes
-the final map from the poses reached.
+A thin view over :class:`~.controller.ReconstructionSession`: the run (and
+the writing of its outputs) goes on in a worker; the map layer and the plots
+are updated on the main thread from what the worker yields.  Pause ends the
+run with a checkpoint, Resume continues it, Stop ends pose inference and
+makes the final map from the poses reached, Cancel abandons the run (its
+checkpoint stays).
 """
 
 from __future__ import annotations
 
 import tempfile
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, SpinBox, create_widget
+from magicgui.widgets import (
+    ComboBox,
+    FileEdit,
+    FloatSpinBox,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
 
-from ..errors import CryoInputError
-from .reconstruct import METHODS, MapUpdate, ReconstructionResult, ReconstructionSettings
+from .._view import CryoView, reports_input_errors
+from .controller import (
+    MapLayer,
+    Plot,
+    ReconstructionSession,
+    particle_data,
+    placeholder,
+)
+from .run import ReconstructionResult
+from .settings import METHODS, ReconstructionSettings
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
 
-class ReconstructionWidget(Container):
+class ReconstructionWidget(CryoView):
     """Ab initio reconstruction from a particle STAR file or an open particle stack."""
 
-    def __init__(self, napari_viewer: "napari.Viewer") -> None:
-        super().__init__(labels=True)
-        self.viewer = napari_viewer
-        self.worker = None
-        self.result: ReconstructionResult | None = None
-        self.history: list[dict[str, Any]] = []
-        self._stop = threading.Event()
-        self._pause_flag = threading.Event()
-        self._data = None
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__(napari_viewer)
+        self.session = ReconstructionSession()
+        self.shown_plots: dict[str, Any] = {}  # name -> the matplotlib Figure whose image is shown
         self._star = FileEdit(label="particles STAR", mode="r", filter="*.star")
         self._layer = create_widget(label="or stack layer", annotation="napari.layers.Image", options={"nullable": True})
         self._method = ComboBox(label="method", choices=list(METHODS), value="cryospin")
@@ -50,40 +60,31 @@ class ReconstructionWidget(Container):
         self._pause = PushButton(text="Pause", enabled=False)
         self._resume = PushButton(text="Resume", enabled=False)
         self._stop_button = PushButton(text="Stop (finish now)", enabled=False)
-        self._status = Label(value="")
         self.extend([self._star, self._layer, self._method, self._box, self._minutes, self._device, self._map_every, self._out,
-                     self._start, self._pause, self._resume, self._stop_button, self._status])
-        from ..plots import qt_figure_canvas
-
-        self._loss_fig, self._loss_canvas = qt_figure_canvas(150, "loss appears while running")
-        self._fsc_fig, self._fsc_canvas = qt_figure_canvas(170, "FSC appears at the end")
-        self._dir_fig, self._dir_canvas = qt_figure_canvas(150, "viewing directions appear at the end")
-        for canvas in (self._loss_canvas, self._fsc_canvas, self._dir_canvas):
-            if canvas is not None:
-                self.native.layout().addWidget(canvas)
+                     self._start, self._pause, self._resume, self._stop_button])
+        self.add_task_panel([self._start, self._resume])
+        # The plots are drawn and rendered in the worker; here they are only shown.  The placeholders are
+        # rendered here, once: the first render loads matplotlib's fonts, too slow for the middle of a run.
+        self._plots = {}
+        for name, text in (("loss", "loss appears while running"), ("fsc", "FSC appears at the end"),
+                           ("directions", "viewing directions appear at the end")):
+            self._plots[name] = _image_label()
+            _show_image(self._plots[name], placeholder(name, text).image)
+            self.native.layout().addWidget(self._plots[name])
         self._start.changed.connect(lambda: self.start(resume=False))
         self._resume.changed.connect(lambda: self.start(resume=True))
         self._pause.changed.connect(self.pause)
         self._stop_button.changed.connect(self.stop)
 
-    def _notify(self, message: str, error: bool = False, warning: bool = False) -> None:
-        from napari.utils.notifications import show_error, show_info, show_warning
+    @property
+    def result(self) -> ReconstructionResult | None:
+        """The last finished run's result."""
+        return self.session.result
 
-        self._status.value = message[:120]
-        (show_error if error else show_warning if warning else show_info)(message)
-
-    def _particles(self):
-        from .data import ParticleData
-
-        box = int(self._box.value) or None
-        star = str(self._star.value or "")
-        if star and Path(star).is_file():
-            return ParticleData(star, box=box)
-        layer = self._layer.value
-        meta = (layer.metadata or {}) if layer is not None else {}
-        if "source_path" in meta and "star_rows" in meta:
-            return ParticleData(meta["source_path"], box=box, rows=meta["star_rows"])
-        raise CryoInputError(None, "choose a particle STAR file or a particle stack layer opened from one")
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The run's records (one per epoch or search round)."""
+        return self.session.history
 
     def _out_dir(self) -> Path:
         value = str(self._out.value or "")
@@ -93,139 +94,92 @@ class ReconstructionWidget(Container):
         self._out.value = path
         return path
 
-    def _buttons(self, state: str) -> None:
-        running = state == "running"
-        self._start.enabled = not running
-        self._pause.enabled = running
-        self._stop_button.enabled = running
-        self._resume.enabled = state == "paused"
-
+    @reports_input_errors
     def start(self, resume: bool = False):
-        """Start (or resume) a run in the background."""
+        """Start (or resume) a run in the background; returns its worker."""
         from ..device import resolve_device
-        from ..tasks import start_worker
-        from .reconstruct import reconstruct
 
-        try:
-            data = self._particles()
-            settings = ReconstructionSettings(
-                method=str(self._method.value), max_minutes=float(self._minutes.value), map_minutes=float(self._map_every.value),
-            )
-            device = resolve_device(str(self._device.value))
-            out = self._out_dir()
-        except CryoInputError as exc:
-            self._notify(str(exc), error=True)
-            return None
-        for warning in data.warnings:
-            self._notify(warning)
-        self._data = data
-        self._stop.clear()
-        self._pause_flag.clear()
-        if not resume:
-            self.history = []
-        self._paused = False
-
-        def done(result: ReconstructionResult | None):
-            from .outputs import write_result
-
-            if result is None:  # paused: the checkpoint is in the output folder
-                self._notify(f"paused; Resume continues from {out / 'checkpoint.pt'}")
-                return
-            self.result = result
-            self._show_map(MapUpdate(result.volume, result.pixel_size, "final"))
-            try:
-                write_result(out, data.table, result, settings.method)
-            except CryoInputError as exc:
-                self._notify(str(exc), error=True)
-            coverage = result.coverage
-            self._draw_final(result)
-            if coverage.warning():
-                self._notify(coverage.warning(), warning=True)
-            self._notify(f"done: {result.resolution:.2f} Å at FSC 0.143 ({coverage.describe()}); outputs in {out}")
-
-        def finished():
-            self.worker = None
-            self._buttons("paused" if self._paused else "idle")
-
-        self.worker = start_worker(
-            reconstruct, data, settings, out, resume, device, self._stop.is_set, self._pause_flag.is_set,
-            description="reconstructing", on_yield=self._on_value, on_returned=done, on_finished=finished,
+        layer = self._layer.value
+        data = particle_data(str(self._star.value or ""), layer.metadata if layer is not None else None, int(self._box.value) or None)
+        settings = ReconstructionSettings(
+            method=str(self._method.value), max_minutes=float(self._minutes.value), map_minutes=float(self._map_every.value),
         )
-        self._buttons("running")
-        return self.worker
+        device = resolve_device(str(self._device.value))
+        out = self._out_dir()
+        for warning in data.warnings:
+            self.notify(warning)
+        self.session.prepare(data, out, resume)
+        return self.run(self.session.run, settings, resume, device, description="reconstructing",
+                        on_yield=self._on_value, on_returned=self._done)
 
     def pause(self) -> None:
         """Stop now and keep a checkpoint; Resume continues from it."""
         if self.worker is not None:
-            self._paused = True
-            self._pause_flag.set()
+            self.session.pause()
 
     def stop(self) -> None:
         """End pose inference and compute the final map from the poses reached."""
-        self._stop.set()
+        self.session.stop()
 
-    def _on_value(self, value: Any) -> None:
-        if isinstance(value, MapUpdate):
-            self._show_map(value)
-            if value.rotations is not None and self._dir_fig is not None:
-                from .outputs import direction_figure, direction_title
+    def cancel(self) -> None:
+        """Abandon the run at its next step (in the worker, so that its checkpoint is kept)."""
+        if self.worker is not None:
+            self.session.cancel()
 
-                direction_figure(value.rotations, self._dir_fig, title=direction_title(value.coverage, value.label))
-                self._dir_canvas.draw_idle()
-        elif isinstance(value, dict) and "loss" in value:
-            self.history.append(value)
-            self._draw_loss()
+    def on_busy_changed(self, busy: bool) -> None:
+        self._pause.enabled = busy
+        self._stop_button.enabled = busy
+        self._resume.enabled = not busy and self.session.resumable
 
-    def _show_map(self, update: MapUpdate) -> None:
-        name = "reconstruction"
-        if name in self.viewer.layers:
-            layer = self.viewer.layers[name]
-            layer.data = update.volume
-            layer.contrast_limits = _limits(update.volume)
-        else:
-            self.viewer.add_image(
-                update.volume, name=name, scale=(update.pixel_size,) * 3, units=("angstrom",) * 3,
-                rendering="mip", contrast_limits=_limits(update.volume), colormap="gray",
-                metadata={"pixel_size": update.pixel_size, "pixel_size_known": True},
-            )
-            self.viewer.dims.ndisplay = 3
-        self._status.value = f"map: {update.label}"
-
-    def _draw_loss(self) -> None:
-        if self._loss_fig is None:
-            return
-        from ..plots import loss_figure
-
-        loss_figure([{"epoch": i + 1, "train_loss": h["loss"]} for i, h in enumerate(self.history)], self._loss_fig, title="loss")
-        self._loss_canvas.draw_idle()
-
-    def _draw_final(self, result: ReconstructionResult) -> None:
-        from .fsc import plot_fsc
-        from .outputs import direction_figure, direction_title, fsc_note
-
-        coverage = result.coverage
-
-        if self._fsc_fig is not None:
-            plot_fsc({"half maps": result.fsc}, self._fsc_fig, note=fsc_note(coverage))
-            self._fsc_canvas.draw_idle()
-        if self._dir_fig is not None:
-            direction_figure(result.rotations, self._dir_fig, title=direction_title(coverage))
-            self._dir_canvas.draw_idle()
-
+    @reports_input_errors
     def save_poses(self, path) -> Path | None:
         """Write the estimated poses as a STAR file (the input rows plus angles and origins)."""
-        from .outputs import write_poses
+        return self.session.save_poses(path)
 
-        if self.result is None or self._data is None:
-            self._notify("no finished reconstruction yet", error=True)
-            return None
-        try:
-            return write_poses(path, self._data.table, self.result.rotations, self.result.shifts * self.result.pixel_size, overwrite=True)
-        except CryoInputError as exc:
-            self._notify(str(exc), error=True)
-            return None
+    def _done(self, result: ReconstructionResult | None) -> None:
+        if result is None:  # paused or cancelled: the checkpoint is in the output folder
+            what = "cancelled" if self.session.cancelled else "paused"
+            where = f"; Resume continues from {self.session.out / 'checkpoint.pt'}" if self.session.resumable else ""
+            self.notify(what + where)
+            return
+        self.session.result = result
+        coverage = result.coverage
+        if coverage.warning():
+            self.notify(coverage.warning(), warning=True)
+        self.notify(f"done: {result.resolution:.2f} Å at FSC 0.143 ({coverage.describe()}); outputs in {self.session.out}")
+
+    def _on_value(self, value: Any) -> None:
+        if isinstance(value, MapLayer):
+            self._show_map(value)
+        elif isinstance(value, Plot):
+            _show_image(self._plots[value.name], value.image)
+            self.shown_plots[value.name] = value.figure
+
+    def _show_map(self, shown: MapLayer) -> None:
+        data, kwargs, _ = shown.layer
+        name = kwargs["name"]
+        if name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            layer.data = data
+            layer.contrast_limits = kwargs["contrast_limits"]
+        else:
+            self.viewer.add_image(data, **kwargs)
+            self.viewer.dims.ndisplay = 3
+        self._status.value = f"map: {shown.update.label}"
 
 
-def _limits(volume: np.ndarray) -> tuple[float, float]:
-    lo, hi = np.percentile(volume, [1.0, 99.9])
-    return (float(lo), float(hi if hi > lo else lo + 1.0))
+def _image_label():
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QLabel
+
+    label = QLabel()
+    label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+    return label
+
+
+def _show_image(label, rgba: np.ndarray) -> None:
+    from qtpy.QtGui import QImage, QPixmap
+
+    height, width = rgba.shape[:2]
+    image = QImage(rgba.data, width, height, 4 * width, QImage.Format.Format_RGBA8888)
+    label.setPixmap(QPixmap.fromImage(image))  # QPixmap copies the pixels

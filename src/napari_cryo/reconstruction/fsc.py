@@ -23,6 +23,9 @@ from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
+# At import, not at first use: a run's first use is in a worker, where loading scipy.spatial holds the GIL.
+from scipy.spatial.transform import Rotation
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from matplotlib.figure import Figure
@@ -294,8 +297,6 @@ class Alignment:
     @property
     def axis(self) -> np.ndarray:
         """Unit rotation axis, XYZ (arbitrary for a zero angle)."""
-        from scipy.spatial.transform import Rotation
-
         v = Rotation.from_matrix(self.rotation).as_rotvec()
         n = np.linalg.norm(v)
         return v / n if n > 0 else np.array([0.0, 0.0, 1.0])
@@ -315,8 +316,6 @@ def uniform_rotations(n: int) -> np.ndarray:
     numpy.ndarray
         (n, 3, 3) rotation matrices.
     """
-    from scipy.spatial.transform import Rotation
-
     s = np.arange(n, dtype=np.float64) + 0.5
     r, big_r = np.sqrt(s / n), np.sqrt(1.0 - s / n)
     alpha = 2.0 * np.pi * s / np.sqrt(2.0)
@@ -397,8 +396,6 @@ def _scores(ref_ft, ref_norm: float, volume, matrices: np.ndarray, batch: int = 
 
 
 def _perturb(rotation: np.ndarray, step_deg: float, n: int, rng: np.random.Generator) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
-
     vec = rng.normal(size=(n, 3)) * np.deg2rad(step_deg)
     return Rotation.from_rotvec(vec).as_matrix() @ rotation
 

@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..geometry import matrix_to_euler
-from ..io.atomic import atomic_path
-from ..io.star import ParticleTable
+from ..io.star import ParticleTable, write_star
 from .coverage import ViewCoverage
 
 OUTPUT_FILES = ("volume.mrc", "half1.mrc", "half2.mrc", "poses.star", "fsc.png")
@@ -31,13 +30,20 @@ def poses_table(table: pd.DataFrame, rotations: np.ndarray, shifts_angst: np.nda
 
 def write_poses(path: str | os.PathLike, particles: ParticleTable, rotations: np.ndarray, shifts_angst: np.ndarray, overwrite: bool = False) -> Path:
     """Write the input STAR (optics kept) with the estimated poses, atomically."""
-    import starfile
 
     table = poses_table(particles.table, rotations, shifts_angst)
     data = {"optics": particles.optics, "particles": table} if particles.optics is not None else {"particles": table}
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        starfile.write(data, tmp, quote_all_strings=False)
-    return Path(path)
+    return write_star(data, path, overwrite=overwrite)
+
+
+def write_result_poses(path: str | os.PathLike, particles: ParticleTable, result, overwrite: bool = False) -> Path:
+    """Write a finished run's poses (origins in Å) with :func:`write_poses`."""
+    return write_poses(path, particles, result.rotations, result.shifts * result.pixel_size, overwrite=overwrite)
+
+
+def loss_history(history: list[dict]) -> list[dict]:
+    """A run's history as the records :func:`~napari_cryo.plots.loss_figure` draws (epoch, train loss)."""
+    return [{"epoch": i + 1, "train_loss": h["loss"]} for i, h in enumerate(history)]
 
 
 def direction_figure(rotations: np.ndarray, figure=None, title: str = "viewing directions"):
@@ -90,11 +96,10 @@ def write_result(out_dir: str | os.PathLike, particles: ParticleTable, result, m
         write_mrc(out / "volume.mrc", result.volume, px, overwrite=True),
         write_mrc(out / "half1.mrc", result.half1, px, overwrite=True),
         write_mrc(out / "half2.mrc", result.half2, px, overwrite=True),
-        write_poses(out / "poses.star", particles, result.rotations, result.shifts * px, overwrite=True),
+        write_result_poses(out / "poses.star", particles, result, overwrite=True),
         save_figure(plot_fsc({"half maps": result.fsc}, note=fsc_note(coverage)), out / "fsc.png"),
         save_figure(direction_figure(result.rotations, title=direction_title(coverage)), out / "directions.png"),
     ]
-    history = [{"epoch": i + 1, "train_loss": h["loss"]} for i, h in enumerate(result.history)]
-    if history:
-        written.append(save_figure(loss_figure(history, title=f"{method} loss".strip()), out / "loss.png"))
+    if result.history:
+        written.append(save_figure(loss_figure(loss_history(result.history), title=f"{method} loss".strip()), out / "loss.png"))
     return written

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 _MIRROR = np.diag([1.0, 1.0, -1.0])
 
@@ -124,8 +125,6 @@ def _robust_mean_rotation(relative: np.ndarray, iterations: int = 12, seed: int 
     repeats a weighted chordal mean with Cauchy weights scaled by the
     current median residual.
     """
-    from scipy.spatial.transform import Rotation
-
     n = len(relative)
     rng = np.random.default_rng(seed)
     probe = relative[rng.choice(n, size=min(n, 64), replace=False)]

@@ -12,7 +12,6 @@ other's noise and the resolution reported at the end is honest.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Generator
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ from ..tasks import Progress
 from .backproject import HalfMaps, reconstruct_halves
 from .physics import fourier_crop_volume
 from .poses import rotation_angles
+from .run import MapUpdate, ReconstructionResult, RunControl, RunFolder, run_key
 from .search import SearchSettings, global_search
 from .stochastic import StochasticSettings, stochastic_map
 
@@ -129,7 +129,8 @@ def search_round(data, maps: list[np.ndarray], rotations: np.ndarray | None, shi
 # -- the "search" method of :func:`~.reconstruct.reconstruct`
 
 
-def run_search(data, settings, out, resume: bool, device, stop, pause, key: str):
+def run_search(data, settings, folder: RunFolder, control: RunControl, resume: bool,
+               device) -> Generator[Progress | MapUpdate | dict, None, ReconstructionResult | None]:
     """The ``search`` method: a stochastic first map, a global search, then local rounds by half-sets.
 
     A generator with the contract of :func:`~.reconstruct.reconstruct`
@@ -137,46 +138,34 @@ def run_search(data, settings, out, resume: bool, device, stop, pause, key: str)
     when paused).  Checkpoints after the first map and after every round;
     an interruption during the first map restarts it.
     """
-    # reconstruct.py imports this module when the search method runs; importing it back here avoids a cycle.
-    from .reconstruct import MapUpdate, ReconstructionResult, _write_progress, save_state, start_or_resume, write_intermediate
-
     box = data.box or data.original_box
     refine = RefineSettings(max_shift=settings.max_shift * box)
     start_radius = first_radius(box, refine)
+    key = run_key(data, settings)
     state = {"key": key, "phase": "first map", "round": 0, "elapsed": 0.0, "history": [], "maps": [],
              "volume": None, "rotations": None, "shifts": None, "radius": start_radius}
-    saved = start_or_resume(out, key, resume)
+    saved = folder.start_or_resume(key, resume)
     if saved is not None:
         state.update(saved)
         yield Progress(0, None, f"resumed: {state['phase']}, round {state['round']}, {state['elapsed'] / 60:.1f} min done")
-
-    budget = settings.max_minutes * 60.0
-    start = time.perf_counter() - state["elapsed"]
-
-    def clock() -> float:
-        return time.perf_counter() - start
-
-    def interrupted() -> bool:
-        return clock() >= budget or (stop is not None and stop()) or (pause is not None and pause())
+    control.restart(state["elapsed"])
 
     def save() -> None:
-        state["elapsed"] = clock()
-        save_state(out, state)
+        state["elapsed"] = control.clock()
+        folder.save(state)
 
     def emit(volume: np.ndarray, label: str, rotations: np.ndarray | None) -> MapUpdate:
-        path = write_intermediate(out, state["maps"], volume, data.pixel_size)
-        return MapUpdate(volume, data.pixel_size, label, path, rotations, clock())
+        path = folder.write_map(state["maps"], volume, data.pixel_size)
+        return MapUpdate(volume, data.pixel_size, label, path, rotations, control.clock())
 
     def record(loss: float, change: float, resolution: float, update: MapUpdate) -> dict:
         row = {"epoch": state["round"], "phase": state["phase"], "loss": loss, "pose_change_deg": change,
-               "resolution_A": round(resolution, 3), "elapsed_s": round(clock(), 1)}
-        state["history"].append(row)
-        _write_progress(out, {**row, "map": update.path.name if update.path else ""})
-        return row
+               "resolution_A": round(resolution, 3), "elapsed_s": round(control.clock(), 1)}
+        return folder.log(state["history"], row, update.path)
 
     if state["phase"] == "first map":
-        volume = yield from first_map(data, settings.first_map_batches, settings.seed, interrupted, device)
-        if pause is not None and pause():
+        volume = yield from first_map(data, settings.first_map_batches, settings.seed, control.halted, device)
+        if control.paused():
             return None
         state["volume"] = volume
         update = emit(state["volume"], "first map (stochastic search)", None)
@@ -189,7 +178,7 @@ def run_search(data, settings, out, resume: bool, device, stop, pause, key: str)
     while state["phase"] != "done":
         if state["rotations"] is not None and halves is None:
             halves = yield from reconstruct_halves(data, state["rotations"], state["shifts"], seed=settings.seed)
-        if interrupted() and state["rotations"] is not None:
+        if control.halted() and state["rotations"] is not None:
             break
         if state["rotations"] is None:
             radius = start_radius
@@ -201,7 +190,7 @@ def run_search(data, settings, out, resume: bool, device, stop, pause, key: str)
             rot, sh, loss = yield from search_round(data, [halves.half1, halves.half2], state["rotations"], state["shifts"],
                                                     radius, refine, local, settings.seed, device)
             change = float(np.median(rotation_angles(state["rotations"], rot)))
-        if pause is not None and pause():
+        if control.paused():
             save()
             return None
         state["rotations"], state["shifts"], state["radius"] = rot, sh, radius
@@ -216,7 +205,7 @@ def run_search(data, settings, out, resume: bool, device, stop, pause, key: str)
         elif state["phase"] == "local search" and radius >= box / 2 and change < refine.converged_degrees:
             state["phase"] = "done"
         save()
-    if pause is not None and pause():
+    if control.paused():
         save()
         return None
     if halves is None:  # out of time before any search: poses are unknown

@@ -129,11 +129,11 @@ def simulate_dataset(
         ``n``, ``box``, ``pixel_size`` and the paths written.
     """
     import pandas as pd
-    import starfile
     import torch
 
     from ..geometry import euler_to_matrix
     from ..io.atomic import atomic_path, check_writable
+    from ..io.star import write_star
     from ..io.mrc import write_mrc
     from ..synthetic.structures import random_rotations
     from .physics import central_slices, ctf_2d, fourier_crop_volume, shift_images, volume_to_fourier
@@ -228,8 +228,7 @@ def simulate_dataset(
     truth["rlnOriginXAngst"] = origins[:, 0]
     truth["rlnOriginYAngst"] = origins[:, 1]
     for name, rows in (("particles.star", table), ("ground_truth.star", truth)):
-        with atomic_path(paths[name], overwrite=overwrite) as tmp:
-            starfile.write({"optics": optics, "particles": rows}, tmp, float_format="%.6f")
+        write_star({"optics": optics, "particles": rows}, paths[name], overwrite=overwrite)
     return {"n": n, "box": box, "pixel_size": px, "files": {k: str(v) for k, v in paths.items()}}
 
 

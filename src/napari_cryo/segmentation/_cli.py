@@ -199,24 +199,15 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_pick(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from ..io.atomic import check_writable
-    from ..io.names import file_stem
-    from ..io.star import write_coordinates
-    from .files import load_volume
-    from .particles import PickSettings, pick_particles, write_coordinates_tsv
+    from .files import load_volume, tomogram_name
+    from .particles import PickSettings, pick_particles, write_picks
 
     out = check_writable(args.out, overwrite=args.overwrite)
     vol = load_volume(args.segmentation, args.pixel_size, what="segmentation")
     settings = PickSettings(threshold=args.threshold, min_volume=args.min_volume, min_spacing=args.min_spacing, separate=not args.no_separate)
     picked = pick_particles(vol.data, vol.pixel_size, settings)
-    if out.suffix.lower() in (".tsv", ".txt"):
-        write_coordinates_tsv(out, picked, vol.pixel_size, overwrite=args.overwrite)
-    else:
-        features = pd.DataFrame({"rlnAutopickFigureOfMerit": picked.weight, "napariCryoVolumeA3": picked.volume})
-        tomo = file_stem(vol.path).split("__")[0]
-        write_coordinates(out, picked.coordinates, features, vol.pixel_size, micrograph_name=tomo, overwrite=args.overwrite)
+    write_picks(out, picked, vol.pixel_size, tomogram_name(vol.path), overwrite=args.overwrite)
     print(f"{out}: {len(picked.coordinates)} particles")
     return 0
 

@@ -14,9 +14,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..errors import CryoInputError
+from ..layer_meta import FEATURES_TABLE
 
 #: Key of the feature table in a Labels layer's ``metadata``.
-METADATA_KEY = "napari_cryo_features"
+METADATA_KEY = FEATURES_TABLE
 
 #: Colours given to new features, in order (colour-blind friendly, from Okabe & Ito).
 PALETTE = ("#e69f00", "#56b4e9", "#009e73", "#f0e442", "#0072b2", "#d55e00", "#cc79a7", "#999999")

@@ -66,6 +66,11 @@ def load_labels(path: str | os.PathLike, shape: tuple[int, ...], tomogram: str |
     return labels.astype(np.int32)
 
 
+def tomogram_name(path: str | os.PathLike) -> str:
+    """The tomogram a file belongs to: its stem, up to ``__`` (``tomo__membrane.mrc`` -> ``tomo``)."""
+    return file_stem(path).split("__")[0]
+
+
 def segmentation_path(out_dir: str | os.PathLike, tomogram: str | os.PathLike, feature: str) -> Path:
     """``out_dir/<tomogram>__<feature>.mrc``."""
     return Path(out_dir) / f"{file_stem(tomogram)}__{feature}.mrc"

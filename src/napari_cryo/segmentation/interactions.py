@@ -40,6 +40,7 @@ KINDS = ("colocalize", "avoid")
 
 _VERBS = {
     "avoid": "avoid",
+    "coloc": "colocalize",
     "avoids": "avoid",
     "colocalize": "colocalize",
     "colocalizes": "colocalize",
@@ -146,6 +147,20 @@ class Interaction:
         """The command-line form, read back by :func:`parse_interaction`."""
         verb = "avoids" if self.kind == "avoid" else "colocalizes with"
         return f"{self.child} {verb} {self.parent} radius={self.radius_nm!r} threshold={self.threshold!r}"
+
+
+def interaction_kind(text: str) -> str:
+    """The kind ('colocalize' or 'avoid') a verb or kind names, in any case (``"avoids"`` -> ``"avoid"``).
+
+    Raises
+    ------
+    CryoInputError
+        If the text names neither kind.
+    """
+    word = str(text).strip().lower()
+    if word not in _VERBS:
+        raise CryoInputError(None, f"interaction kind must be 'colocalize' or 'avoid', got {text!r}")
+    return _VERBS[word]
 
 
 def parse_interaction(text: str) -> Interaction:

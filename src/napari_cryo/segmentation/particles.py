@@ -304,3 +304,46 @@ def write_coordinates_tsv(
             f.write("x\ty\tz\tvolume_A3\tweight\n")
             np.savetxt(f, table, fmt=["%.3f", "%.3f", "%.3f", "%.10g", "%.10g"], delimiter="\t")
     return Path(path)
+
+
+def write_picks(
+    path: str | os.PathLike,
+    particles: PickedParticles,
+    pixel_size: float,
+    tomogram: str,
+    overwrite: bool = False,
+) -> Path:
+    """Write picks from a segmentation: the one writer of the widget and ``napari-cryo segment pick``.
+
+    A ``.tsv`` or ``.txt`` path gets tab-separated text (:func:`write_coordinates_tsv`);
+    anything else a RELION STAR file with ``rlnCoordinateX/Y/Z`` in pixels, the weight as
+    ``rlnAutopickFigureOfMerit``, the volume in Å³ as ``napariCryoVolumeA3`` and the
+    tomogram as ``rlnTomoName``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output file.
+    particles : PickedParticles
+        The particles, coordinates ZYX in voxels.
+    pixel_size : float
+        Voxel size in Å.
+    tomogram : str
+        The tomogram's name (see :func:`~.files.tomogram_name`).
+    overwrite : bool
+        Whether an existing file may be replaced.
+
+    Returns
+    -------
+    pathlib.Path
+        The file written.
+    """
+    import pandas as pd
+
+    from ..io.star import write_coordinates
+
+    if Path(path).suffix.lower() in (".tsv", ".txt"):
+        return write_coordinates_tsv(path, particles, pixel_size, overwrite=overwrite)
+    features = pd.DataFrame({"rlnAutopickFigureOfMerit": np.asarray(particles.weight, float), "napariCryoVolumeA3": np.asarray(particles.volume, float)})
+    coordinates = np.asarray(particles.coordinates, dtype=float).reshape(-1, 3)
+    return write_coordinates(path, coordinates, features, pixel_size, micrograph_name=tomogram, overwrite=overwrite)

@@ -1,9 +1,10 @@
-"""The state behind the segmentation widget, without Qt: models, interactions, previews.
+"""Models and the interaction graph between them, without Qt; slice previews.
 
-The widget keeps one :class:`SegmentationSession`; it edits models and
-interactions here and draws what this returns, so every rule (no cycles,
-no edge to a missing model, one model per feature) lives in one tested
-place.
+The segmentation controller keeps one :class:`SegmentationSession`; every
+rule about models and interactions (no cycles, no edge to a missing model,
+one model per feature) lives here.  A preview works on a
+:class:`ModelSnapshot` taken on the main thread, so a worker never iterates
+the session's own dict while training adds a model to it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,34 @@ from .group import ModelGroup
 from .inference import predict_planes
 from .interactions import Interaction, InteractionGraph, apply_interactions
 from .model import SegmentationModel
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    """The models and a copy of the graph at one moment, safe to use from a worker."""
+
+    models: tuple[SegmentationModel, ...]
+    graph: InteractionGraph
+
+
+def preview_slice(
+    snapshot: ModelSnapshot,
+    plane: np.ndarray,
+    pixel_size: float,
+    stats: tuple[float, float],
+    device: torch.device | str = "cpu",
+    interactions: bool = True,
+) -> dict[str, np.ndarray]:
+    """Every model's output on one slice, after competition and interactions.
+
+    The interactions' dilations are then computed within the slice (a 2D
+    approximation of the 3D result of applying them to the volume).
+    """
+    raw = {m.title: predict_planes(m, np.asarray(plane)[None], pixel_size, stats, device) for m in snapshot.models}
+    graph = snapshot.graph
+    if interactions and (graph.interactions or graph.emit or graph.absorb):
+        raw = apply_interactions(raw, graph, pixel_size)
+    return {t: p[0] for t, p in raw.items()}
 
 
 @dataclass
@@ -65,13 +94,19 @@ class SegmentationSession:
         self.models[title].emit, self.models[title].absorb = emit, absorb
 
     def group(self) -> ModelGroup:
-        """The models and interactions as a group (to save)."""
-        return ModelGroup(list(self.models.values()), InteractionGraph(list(self.graph.interactions), set(self.graph.emit), set(self.graph.absorb)))
+        """The models and interactions as a group (to save or to apply from a worker)."""
+        snapshot = self.snapshot()
+        return ModelGroup(list(snapshot.models), snapshot.graph)
 
     def load_group(self, group: ModelGroup) -> None:
         """Replace everything with a loaded group."""
         self.models = {m.title: m for m in group.models}
         self.graph = InteractionGraph(list(group.graph.interactions), set(group.graph.emit), set(group.graph.absorb))
+
+    def snapshot(self) -> ModelSnapshot:
+        """The models and a copy of the graph now (take it on the thread that edits the session)."""
+        graph = InteractionGraph(list(self.graph.interactions), set(self.graph.emit), set(self.graph.absorb))
+        return ModelSnapshot(tuple(self.models.values()), graph)
 
     def preview(
         self,
@@ -81,12 +116,5 @@ class SegmentationSession:
         device: torch.device | str = "cpu",
         interactions: bool = True,
     ) -> dict[str, np.ndarray]:
-        """Every model's output on one slice, after competition and interactions.
-
-        The interactions' dilations are then computed within the slice (a
-        2D approximation of the 3D result of applying them to the volume).
-        """
-        raw = {t: predict_planes(m, np.asarray(plane)[None], pixel_size, stats, device) for t, m in self.models.items()}
-        if interactions and (self.graph.interactions or self.graph.emit or self.graph.absorb):
-            raw = apply_interactions(raw, self.graph, pixel_size)
-        return {t: p[0] for t, p in raw.items()}
+        """Every model's output on one slice now (see :func:`preview_slice`)."""
+        return preview_slice(self.snapshot(), plane, pixel_size, stats, device, interactions)

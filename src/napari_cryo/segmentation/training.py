@@ -1,9 +1,10 @@
 """Training one feature's model from painted slices.
 
-:func:`train_feature` is a generator: it yields
-:class:`~napari_cryo.tasks.Progress` every batch, a dict of losses after
-every epoch (for the loss plot) and, when asked, a :class:`SlicePreview` of
-the current slice, and returns the trained
+:func:`train_feature` runs on the shared loop
+(:mod:`napari_cryo.training_loop`): it yields
+:class:`~napari_cryo.tasks.Progress` every batch, an
+:class:`~napari_cryo.training_loop.EpochRecord` after every epoch and,
+when asked, a :class:`SlicePreview` of the current slice, and returns the trained
 :class:`~.model.SegmentationModel`.  Closing it (the widget's Cancel)
 stops between two batches; the last epoch's checkpoint stays, and running
 again with the same settings and data resumes from it.
@@ -20,8 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -30,11 +31,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints import cosine_lr, restore_checkpoint, save_checkpoint
+from ..checkpoints import cosine_lr
+from ..errors import CryoInputError
 from ..tasks import Progress
+from ..training_loop import EpochRecord, Resumed, history_dicts, run_training
 from . import architectures
 from .dataset import AnnotatedTomogram, BoxSet, BoxSettings, sample_boxes
 from .features import Feature
+from .inference import predict_slice
 from .model import SegmentationModel
 
 
@@ -128,7 +132,7 @@ def train_feature(
     device: torch.device | str = "cpu",
     preview: PreviewSource | None = None,
     model: SegmentationModel | None = None,
-) -> Generator[Progress | dict | SlicePreview, None, SegmentationModel]:
+) -> Generator[Progress | Resumed | EpochRecord | SlicePreview, None, SegmentationModel]:
     """Train the model of one feature.
 
     Parameters
@@ -154,7 +158,7 @@ def train_feature(
 
     Yields
     ------
-    Progress, dict or SlicePreview
+    Progress, Resumed, EpochRecord or SlicePreview
 
     Returns
     -------
@@ -180,21 +184,20 @@ def train_feature(
         opt_d = torch.optim.Adam(disc.parameters(), lr=settings.lr, betas=(0.5, 0.999))
         optimizers.append(opt_d)
     run_key = _run_key(feature, model.architecture, pixel_size, settings, boxes)
-    start_epoch, history = 0, []
-    restored = restore_checkpoint(checkpoint, run_key, modules, optimizers)
-    if restored is not None:
-        start_epoch, history = restored
-        yield Progress(0, None, f"resumed at epoch {start_epoch}")
     n = len(train_set)
     steps = max(1, n // settings.batch_size)
     total = settings.epochs * steps
-    gen = torch.Generator().manual_seed(settings.seed)
-    for _ in range(start_epoch):  # the same batch order as an uninterrupted run
-        torch.randperm(n, generator=gen)
-    net.train()
-    for epoch in range(start_epoch, settings.epochs):
-        t0 = time.perf_counter()
-        order = torch.randperm(n, generator=gen)
+
+    def batch_order(epoch: int) -> torch.Tensor:
+        # The same order whether the run started at epoch 0 or resumed at `epoch`.
+        gen = torch.Generator().manual_seed(settings.seed)
+        for _ in range(epoch + 1):
+            order = torch.randperm(n, generator=gen)
+        return order
+
+    def train_epoch(epoch: int) -> Generator[Progress | SlicePreview, None, float]:
+        net.train()
+        order = batch_order(epoch)
         losses = []
         for s in range(steps):
             lr = cosine_lr(settings.lr, epoch * steps + s, total)
@@ -224,29 +227,23 @@ def train_feature(
             opt.step()
             losses.append(float(loss.detach()))
             if not np.isfinite(losses[-1]):
-                from ..errors import CryoInputError
-
                 raise CryoInputError(None, f"training of '{feature.name}' diverged (loss is {losses[-1]}); try a lower learning rate")
             yield Progress(epoch * steps + s + 1, total, f"{feature.name} epoch {epoch + 1}/{settings.epochs} loss {np.mean(losses):.3f}")
-        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "seconds": round(time.perf_counter() - t0, 2)}
-        if val_set is not None:
-            record["val_loss"] = _validation_loss(net, val_set, settings.batch_size, device)
-        history.append(record)
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, modules, optimizers, epoch + 1, history, run_key)
-        yield record
         if preview is not None:
             source = preview()
             if source is not None:
-                from .inference import predict_slice
-
                 z, plane, plane_pixel, stats = source
                 model.net = net
                 yield SlicePreview(feature.name, z, predict_slice(model, plane, plane_pixel, stats, device))
-                net.train()
+        return float(np.mean(losses))
+
+    def validate(_epoch: int) -> float:
+        return math.nan if val_set is None else _validation_loss(net, val_set, settings.batch_size, device)
+
+    history = yield from run_training(modules, optimizers, settings.epochs, train_epoch, validate, checkpoint, run_key)
     net.eval()
     model.net = net.cpu()
-    model.history = history
+    model.history = history_dicts(history)
     model.training = {
         "epochs": settings.epochs,
         "batch_size": settings.batch_size,

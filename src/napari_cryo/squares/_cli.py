@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import CryoInputError
 
 HELP = "grid atlases: extract squares, train the square scorer, score and rank squares"
@@ -39,7 +37,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--overwrite", action="store_true")
     _atlas_args(t)
     add_device_arg(t)
-    s = sub.add_parser("score", help="score and rank the squares of atlases; writes CSV and attention maps")
+    s = sub.add_parser("score", help="score and rank the squares of atlases; writes CSV, STAR and attention maps")
     s.add_argument("model")
     s.add_argument("atlases", nargs="+")
     s.add_argument("--out", required=True, metavar="DIR")
@@ -84,45 +82,39 @@ def cmd_extract(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from ..device import resolve_device
     from ..io.atomic import check_writable
+    from ..plots import loss_figure, save_figure
     from ..tasks import run_with_tqdm
+    from ..training_loop import EpochRecord
     from .labels import match_labels, read_labels
     from .model import SquareModel, XCryoNet
+    from .pipeline import training_set
     from .training import SquareTrainConfig, train_squares
 
     out = check_writable(args.out, args.overwrite)
     if len(args.labels) != len(args.atlases):
         raise CryoInputError(None, f"{len(args.atlases)} atlases but {len(args.labels)} label files; give one labels CSV per atlas")
     device = resolve_device(args.device)
-    crops, labels = [], []
+    atlases = []
     for atlas_path, label_path in zip(args.atlases, args.labels):
         atlas = _analyse(atlas_path, args)
-        keep = atlas.squares["complete"].to_numpy(bool)
         matched, warnings = match_labels(read_labels(label_path), atlas.squares, atlas.lattice.pitch / 2, name=label_path)
         for w in warnings:
             print(f"napari-cryo squares: warning: {w}", file=sys.stderr)
-        auto = atlas.auto_labels()
-        merged = np.where(np.isfinite(matched), matched, auto)
-        crops.append(atlas.crops[keep])
-        labels.append(merged[keep])
+        atlases.append((atlas, matched))
     if not args.fully_supervised:
-        for path in args.unlabeled:
-            atlas = _analyse(path, args)
-            keep = atlas.squares["complete"].to_numpy(bool)
-            crops.append(atlas.crops[keep])
-            labels.append(atlas.auto_labels()[keep])
+        atlases += [(_analyse(path, args), None) for path in args.unlabeled]
+    crops, labels = training_set(atlases)
     model = SquareModel(XCryoNet(variant=args.variant), name=out.stem)
     config = SquareTrainConfig(epochs=args.epochs, semi_supervised=not args.fully_supervised)
     checkpoint = out.with_name(out.name + ".ckpt")
 
     def report(v):
-        if isinstance(v, dict) and "epoch" in v and (v["epoch"] % 10 == 0 or v["epoch"] == args.epochs):
-            print(f"epoch {v['epoch']}: loss {v['train_loss']:.4f}", file=sys.stderr)
+        if isinstance(v, EpochRecord) and (v.epoch % 10 == 0 or v.epoch == args.epochs):
+            print(f"epoch {v.epoch}: loss {v.train_loss:.4f}", file=sys.stderr)
 
-    model = run_with_tqdm(train_squares(model, np.concatenate(crops), np.concatenate(labels), config, checkpoint, device), "training", report)
+    model = run_with_tqdm(train_squares(model, crops, labels, config, checkpoint, device), "training", report)
     model.save(out, overwrite=args.overwrite)
     checkpoint.unlink(missing_ok=True)
-    from ..plots import loss_figure, save_figure
-
     save_figure(loss_figure(model.history[-1]["losses"], title="square scorer training"), out.with_name(out.stem + "_loss.png"))
     print(f"wrote {out}")
     return 0
@@ -130,10 +122,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from ..device import resolve_device
-    from ..io.atomic import atomic_path
+    from ..io.atomic import check_writable
     from ..io.mrc import write_mrc
     from .model import SquareModel
     from .pipeline import score_atlas
+    from .ranked import ranked_paths, write_ranked
 
     model = SquareModel.load(args.model)
     device = resolve_device(args.device)
@@ -143,18 +136,13 @@ def cmd_score(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for path in args.atlases:
         atlas = _analyse(path, args)
+        for target in ranked_paths(out, atlas.name):  # refuse before scoring, not after
+            check_writable(target, args.overwrite)
         table, maps = score_atlas(model, atlas, str(device))
-        csv = out / f"{atlas.name}_squares.csv"
-        cols = ["rank", "center_x", "center_y", "side", "angle", "complete", "brightness", "squareness", "cracking", "contamination", "overall"]
-        if atlas.pixel_size:
-            table["center_x_A"] = table["center_x"] * atlas.pixel_size
-            table["center_y_A"] = table["center_y"] * atlas.pixel_size
-            cols += ["center_x_A", "center_y_A"]
-        with atomic_path(csv, overwrite=args.overwrite) as tmp:
-            table.sort_values("rank", key=lambda r: r.replace(0, 10**9))[cols].to_csv(tmp, index=False, float_format="%.3f")
+        csv, star = write_ranked(out, table, atlas.name, atlas.pixel_size, overwrite=args.overwrite)
         for key, m in maps.items():
             write_mrc(out / f"{atlas.name}_attention_{key}.mrc", m, atlas.pixel_size or 1.0, overwrite=args.overwrite)
-        print(f"wrote {csv} ({int(table['complete'].sum())} squares ranked)" + (f" and {len(maps)} attention maps" if maps else ""))
+        print(f"wrote {csv}, {star.name} ({int(table['complete'].sum())} squares ranked)" + (f" and {len(maps)} attention maps" if maps else ""))
     return 0
 
 

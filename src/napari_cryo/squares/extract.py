@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,10 @@ from skimage.feature import match_template, peak_local_max
 from skimage.filters import threshold_otsu
 
 from ..errors import CryoInputError
+from ..tasks import Progress, drain
+
+N_SIDES = 8  # hole sizes tried by the coarse scan of bar widths
+FIND_STEPS = N_SIDES + 5  # progress steps of iter_find_squares
 
 
 @dataclass
@@ -190,7 +195,14 @@ def _corners(cx: np.ndarray, cy: np.ndarray, side: float, angle: float) -> np.nd
 
 
 def find_squares(image: np.ndarray, min_pitch: float = 8.0, ncc_threshold: float = 0.25) -> tuple[pd.DataFrame, Lattice]:
-    """Detect the grid squares of an atlas.
+    """Detect the grid squares of an atlas (:func:`iter_find_squares` run to its end)."""
+    return drain(iter_find_squares(image, min_pitch, ncc_threshold))[0]
+
+
+def iter_find_squares(
+    image: np.ndarray, min_pitch: float = 8.0, ncc_threshold: float = 0.25
+) -> Generator[Progress, None, tuple[pd.DataFrame, Lattice]]:
+    """Detect the grid squares of an atlas, yielding :class:`~napari_cryo.tasks.Progress` between steps.
 
     Parameters
     ----------
@@ -208,21 +220,30 @@ def find_squares(image: np.ndarray, min_pitch: float = 8.0, ncc_threshold: float
         (pixels and degrees), sorted top to bottom, left to right.
     lattice : Lattice
         The mesh found.
+        (Both are the generator's return value.)
 
     Raises
     ------
     CryoInputError
         If no lattice or no square is found.
     """
+    total = FIND_STEPS
+
+    def step(done: int, message: str) -> Progress:
+        return Progress(done, total, message)
+
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 2:
         raise CryoInputError(None, f"an atlas must be a 2D image, got shape {image.shape}")
+    yield step(0, "normalising")
     full, _, _ = normalise_atlas(image)
+    yield step(1, "finding the lattice")
     # Match on a binned copy with ~60 px per mesh cell: the same answer, many times faster.
     coarse = estimate_lattice(_bin(full, max(1, int(min(full.shape) // 512))), min_pitch)
     f0 = max(1, int(min(full.shape) // 512))
     factor = max(1, int(coarse.pitch * f0 // 60))
     norm = _bin(full, factor)
+    yield step(2, "refining the lattice")
     lattice = estimate_lattice(norm, min_pitch)
     hole = norm > threshold_otsu(ndimage.gaussian_filter(norm, 1.0))
     bright = float(np.median(norm[hole])) if hole.any() else 1.0
@@ -239,10 +260,15 @@ def find_squares(image: np.ndarray, min_pitch: float = 8.0, ncc_threshold: float
 
     # The hole size: a coarse scan of bar widths, then bisection around the best.  The side
     # decides which squares the rim or the image edge cuts, so it is worth a pixel.
-    fracs = np.linspace(0.5, 0.92, 8)
-    _, side, ncc, peaks = max((match(f) for f in fracs), key=lambda m: m[0])
+    fracs = np.linspace(0.5, 0.92, N_SIDES)
+    matches = []
+    for k, frac in enumerate(fracs):
+        yield step(3 + k, f"matching templates {k + 1}/{len(fracs)}")
+        matches.append(match(frac))
+    _, side, ncc, peaks = max(matches, key=lambda m: m[0])
     if len(peaks) == 0:
         raise CryoInputError(None, "no squares found in the atlas")
+    yield step(3 + len(fracs), "sizing the squares")
     side = _bisect_side(norm, peaks, lattice, side, float(fracs[1] - fracs[0]) * lattice.pitch, dark, bright)
     # Sub-pixel centres: parabola through the NCC peak and its neighbours; back to full pixels.
     cy, cx = _subpixel(ncc, peaks)
@@ -253,6 +279,7 @@ def find_squares(image: np.ndarray, min_pitch: float = 8.0, ncc_threshold: float
     corners = _corners(cx, cy, side, lattice.angle)
     h, w = image.shape
     inside_image = np.all((corners[..., 0] >= 0) & (corners[..., 0] <= h - 1) & (corners[..., 1] >= 0) & (corners[..., 1] <= w - 1), axis=1)
+    yield step(4 + len(fracs), "finding the grid rim")
     region = grid_region(norm, lattice.pitch - side)
     rim = fit_rim(region)
     if rim is not None:
@@ -274,6 +301,7 @@ def find_squares(image: np.ndarray, min_pitch: float = 8.0, ncc_threshold: float
         }
     )
     order = np.lexsort((squares["center_x"].to_numpy(), np.round(squares["center_y"].to_numpy() / (lattice.pitch / 2))))
+    yield step(total, f"{len(squares)} squares")
     return squares.iloc[order].reset_index(drop=True), lattice
 
 
@@ -343,16 +371,26 @@ def square_corners(squares: pd.DataFrame) -> np.ndarray:
 
 
 def crop_squares(image: np.ndarray, squares: pd.DataFrame, size: int = 64, margin: float = 1.1) -> np.ndarray:
-    """Axis-aligned crops of each square (rotated upright), resampled to ``size``².
+    """Axis-aligned crops of each square (rotated upright), resampled to ``size``² (:func:`iter_crop_squares` run to its end)."""
+    return drain(iter_crop_squares(image, squares, size, margin))[0]
+
+
+def iter_crop_squares(
+    image: np.ndarray, squares: pd.DataFrame, size: int = 64, margin: float = 1.1, chunk: int = 32
+) -> Generator[Progress, None, np.ndarray]:
+    """Axis-aligned crops of each square (rotated upright), resampled to ``size``², yielding progress every ``chunk`` squares.
 
     Intensities are those of :func:`normalise_atlas` (bars ~0, bright squares
     ~1), so brightness stays comparable between squares and atlases.
+    Returns the (N, size, size) crops.
     """
     norm, _, _ = normalise_atlas(image)
     out = np.zeros((len(squares), size, size), dtype=np.float32)
     coords = (np.arange(size) + 0.5) / size - 0.5
     vv, uu = np.meshgrid(coords, coords, indexing="ij")
     for i, r in enumerate(squares.itertuples()):
+        if i % chunk == 0:
+            yield Progress(i, len(squares), "cropping squares")
         extent = float(r.side) * margin
         a = np.deg2rad(float(r.angle))
         u, v = uu * extent, vv * extent

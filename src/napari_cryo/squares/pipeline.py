@@ -1,17 +1,28 @@
-"""Atlas -> squares -> crops -> scores and attention maps, the steps shared by the CLI and the widget."""
+"""Atlas -> squares -> crops -> scores and attention maps, the steps shared by the CLI and the widget.
+
+Each step is a progress generator (``iter_*``), so a widget can run it in a
+worker and cancel it between steps; the plain functions run the same
+generators to their end.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
+from ..errors import CryoInputError
+from ..tasks import Progress, drain
 from .attributes import brightness, squareness
-from .extract import Lattice, crop_squares, find_squares, paste_maps
+from .extract import Lattice, iter_crop_squares, iter_find_squares, paste_maps
 from .model import SCORES, SquareModel
 
 CROP_SIZE = 64
+CHUNK = 32  # squares measured between two progress reports
+PREDICT_BATCH = 128  # squares per forward pass (training.predict's batch)
 
 
 @dataclass
@@ -51,17 +62,59 @@ class AtlasSquares:
 
 
 def analyse_atlas(image: np.ndarray, name: str = "atlas", pixel_size: float | None = None, crop_size: int = CROP_SIZE) -> AtlasSquares:
-    """Find the squares, crop them and measure brightness and squareness."""
-    squares, lattice = find_squares(image)
-    crops = crop_squares(image, squares, crop_size)
+    """Find the squares, crop them and measure brightness and squareness (:func:`iter_analyse_atlas` run to its end)."""
+    return drain(iter_analyse_atlas(image, name, pixel_size, crop_size))[0]
+
+
+def iter_analyse_atlas(
+    image: ArrayLike, name: str = "atlas", pixel_size: float | None = None, crop_size: int = CROP_SIZE, chunk: int = CHUNK
+) -> Generator[Progress, None, AtlasSquares]:
+    """Find the squares, crop them and measure brightness and squareness, yielding progress between steps.
+
+    Parameters
+    ----------
+    image : array-like
+        The (Y, X) atlas; a memory map or a lazy array is read here, so that
+        a worker, not the caller, pays for reading it.
+    name : str
+        The atlas name (file stem or layer name).
+    pixel_size : float, optional
+        Å per pixel.
+    crop_size : int
+        Side of the upright crops.
+    chunk : int
+        Squares measured between two progress reports.
+
+    Returns
+    -------
+    AtlasSquares
+        The generator's return value.
+    """
+    yield Progress(0, None, "reading the atlas")
+    image = np.asarray(image, dtype=np.float32)
+    squares, lattice = yield from iter_find_squares(image)
+    crops = yield from iter_crop_squares(image, squares, crop_size, chunk=chunk)
     squares = squares.copy()
     squares["brightness"] = brightness(crops)
-    squares["squareness"] = squareness(crops)
-    return AtlasSquares(name, np.asarray(image), pixel_size, squares, crops, lattice)
+    measured = []
+    for start in range(0, len(crops), chunk):
+        yield Progress(start, len(crops), "measuring squareness")
+        measured.append(squareness(crops[start : start + chunk]))
+    squares["squareness"] = np.concatenate(measured) if measured else np.zeros(0)
+    return AtlasSquares(name, image, pixel_size, squares, crops, lattice)
 
 
 def score_atlas(model: SquareModel, atlas: AtlasSquares, device: str = "cpu") -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Predicted scores, ranks and attention maps of an atlas (:func:`iter_score_atlas` run to its end)."""
+    return drain(iter_score_atlas(model, atlas, device))[0]
+
+
+def iter_score_atlas(
+    model: SquareModel, atlas: AtlasSquares, device: str = "cpu", batch: int = PREDICT_BATCH
+) -> Generator[Progress, None, tuple[pd.DataFrame, dict[str, np.ndarray]]]:
     """Predicted scores and rank of every complete square, and attention maps in atlas coordinates.
+
+    Yields progress between batches of squares.
 
     Returns
     -------
@@ -76,10 +129,16 @@ def score_atlas(model: SquareModel, atlas: AtlasSquares, device: str = "cpu") ->
 
     table = atlas.squares.copy()
     complete = table["complete"].to_numpy(bool)
-    out = predict(model, atlas.crops[complete], device)
+    crops = atlas.crops[complete]
+    parts = []
+    for start in range(0, len(crops), batch):
+        yield Progress(start, len(crops), f"scoring {atlas.name}")
+        parts.append(predict(model, crops[start : start + batch], device, batch))
+    out = {key: np.concatenate([p[key] for p in parts]) for key in (parts[0] if parts else {})}
+    scores = out.get("scores", np.zeros((0, len(SCORES))))
     for j, name in enumerate(SCORES):
         values = np.full(len(table), np.nan)
-        values[complete] = out["scores"][:, j]
+        values[complete] = scores[:, j]
         table[name] = values
     order = np.argsort(-np.nan_to_num(table["overall"].to_numpy(), nan=-1.0), kind="stable")
     rank = np.zeros(len(table), dtype=int)
@@ -90,5 +149,40 @@ def score_atlas(model: SquareModel, atlas: AtlasSquares, device: str = "cpu") ->
     for key in ("cracking", "contamination"):
         att = out.get(f"attention_{key}")
         if att is not None:
+            yield Progress(len(crops), len(crops), f"{key} attention of {atlas.name}")
             maps[key] = paste_maps(att, table[complete], atlas.image.shape)
     return table, maps
+
+
+def training_set(atlases: Iterable[tuple[AtlasSquares, np.ndarray | None]]) -> tuple[np.ndarray, np.ndarray]:
+    """The crops and labels of the complete squares of atlases, for :func:`~.training.train_squares`.
+
+    Parameters
+    ----------
+    atlases : iterable of (AtlasSquares, numpy.ndarray or None)
+        Each atlas with its (N, 5) user labels (NaN where unset), or None for
+        an atlas whose squares train without labels.  Measured brightness and
+        squareness fill the labels the user left unset.
+
+    Returns
+    -------
+    crops : numpy.ndarray
+        (M, S, S) crops.
+    labels : numpy.ndarray
+        (M, 5) labels in :data:`~.model.SCORES` order, NaN where unknown.
+
+    Raises
+    ------
+    CryoInputError
+        If there are no atlases.
+    """
+    crops, labels = [], []
+    for atlas, user in atlases:
+        keep = atlas.squares["complete"].to_numpy(bool)
+        auto = atlas.auto_labels()
+        merged = auto if user is None else np.where(np.isfinite(user), user, auto)
+        crops.append(atlas.crops[keep])
+        labels.append(merged[keep])
+    if not crops:
+        raise CryoInputError(None, "extract the squares of an atlas first")
+    return np.concatenate(crops), np.concatenate(labels)

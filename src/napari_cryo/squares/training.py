@@ -16,8 +16,8 @@ Brightness and squareness are measured on every square (see
 and overall come from the user.  In the semi-supervised setting the
 unlabelled squares of the loaded atlases join every batch through the
 reconstruction losses and the measured attributes; ``fully supervised``
-uses the labelled squares alone.  Training is a generator yielding
-:class:`~napari_cryo.tasks.Progress` and a dict per epoch.
+uses the labelled squares alone.  Training runs on the shared loop
+(:mod:`napari_cryo.training_loop`): progress per batch, a record per epoch.
 """
 
 from __future__ import annotations
@@ -26,18 +26,17 @@ import hashlib
 import json
 import math
 import os
-import time
 from collections.abc import Generator
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints import cosine_lr, restore_checkpoint, save_checkpoint
+from ..checkpoints import cosine_lr
 from ..errors import CryoInputError
 from ..tasks import Progress
+from ..training_loop import EpochRecord, Resumed, history_dicts, run_training
 from .model import CONTAMINATION, CRACKING, SCORES, SquareModel
 
 OVERALL = len(SCORES) - 1
@@ -88,7 +87,7 @@ def train_squares(
     config: SquareTrainConfig | None = None,
     checkpoint: str | os.PathLike | None = None,
     device: torch.device | str = "cpu",
-) -> Generator[Progress | dict[str, Any], None, SquareModel]:
+) -> Generator[Progress | Resumed | EpochRecord, None, SquareModel]:
     """Train ``model`` in place on square crops.
 
     Parameters
@@ -141,18 +140,12 @@ def train_squares(
     y_all = torch.from_numpy(labels)
     data_key = hashlib.sha1(crops[:, ::8, ::8].tobytes() + np.nan_to_num(labels, nan=-1).tobytes()).hexdigest()[:12]
     run_key = f"{config.key()}-{data_key}-{net.variant}"
-    start, history = 0, []
-    restored = restore_checkpoint(checkpoint, run_key, net, opts)
-    if restored is not None:
-        start, history = restored
-        yield {"resumed_from_epoch": start, "history": history}
-
     gen = torch.Generator().manual_seed(config.seed)
     # An epoch is at least `min_steps` batches, so that a few labelled squares still get enough updates.
     n_batches = max(config.min_steps, math.ceil(len(train_idx) / config.batch_size))
     total = config.epochs * n_batches
-    t0 = time.perf_counter()
-    for epoch in range(start, config.epochs):
+
+    def train_epoch(epoch: int) -> Generator[Progress, None, float]:
         net.train()
         epoch_rng = np.random.default_rng(config.seed + epoch)
         order = epoch_rng.permutation(train_idx)
@@ -206,14 +199,14 @@ def train_squares(
                 raise CryoInputError(None, f"training diverged at epoch {epoch + 1}; the last checkpoint is kept")
             losses.append(record)
             yield Progress(epoch * n_batches + b + 1, total, f"epoch {epoch + 1}/{config.epochs}")
-        val = evaluate_mae(model, crops[val_idx], labels[val_idx], device)["overall"] if len(val_idx) else float("nan")
-        entry = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val, "seconds": time.perf_counter() - t0}
-        history.append(entry)
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, net, opts, epoch + 1, history, run_key)
-        yield dict(entry)
+        return float(np.mean(losses))
+
+    def validate(_epoch: int) -> float:
+        return evaluate_mae(model, crops[val_idx], labels[val_idx], device)["overall"] if len(val_idx) else math.nan
+
+    history = yield from run_training(net, opts, config.epochs, train_epoch, validate, checkpoint, run_key)
     net.eval()
-    model.history = list(model.history) + [{"losses": history, "config": asdict(config), "squares": int(len(crops)), "labelled": int(manual.sum())}]
+    model.history = list(model.history) + [{"losses": history_dicts(history), "config": asdict(config), "squares": int(len(crops)), "labelled": int(manual.sum())}]
     return model
 
 

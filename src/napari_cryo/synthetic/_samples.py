@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import layer_meta as meta
 from ..io.layers import LayerData
 from ..io.mrc import contrast_limits_for
 
@@ -27,7 +28,7 @@ def _image(data: np.ndarray, name: str, pixel_size: float, labels: tuple[str, ..
         "axis_labels": labels,
         "contrast_limits": contrast_limits_for(data[::4, ::4] if data.ndim == 2 else data[::4, ::4, ::4], 0.5, 99.5),
         "colormap": "gray",
-        "metadata": {"pixel_size": pixel_size, "pixel_size_known": True, "synthetic": True, **extra},
+        "metadata": {meta.PIXEL_SIZE: pixel_size, meta.PIXEL_SIZE_KNOWN: True, meta.SYNTHETIC: True, **extra},
     }
     return (data, kwargs, "image")
 
@@ -52,7 +53,7 @@ def atlas_sample() -> list[LayerData]:
             "face_color": "overall",
             "face_colormap": "viridis",
             "visible": False,
-            "metadata": {"synthetic": True, "lattice_angle": atlas.lattice_angle, "pitch_px": atlas.pitch},
+            "metadata": {meta.SYNTHETIC: True, "lattice_angle": atlas.lattice_angle, "pitch_px": atlas.pitch},
         },
         "points",
     )
@@ -77,7 +78,7 @@ def micrograph_sample() -> list[LayerData]:
             "border_color": "lime",
             "border_width": 0.05,
             "visible": False,
-            "metadata": {"synthetic": True, "pixel_size": px, "pixel_size_known": True, "micrograph_name": "micrograph"},
+            "metadata": {meta.SYNTHETIC: True, meta.PIXEL_SIZE: px, meta.PIXEL_SIZE_KNOWN: True, meta.MICROGRAPH_NAME: "micrograph"},
         },
         "points",
     )
@@ -107,7 +108,7 @@ def tomogram_sample() -> list[LayerData]:
             "face_color": "transparent",
             "border_color": "lime",
             "visible": False,
-            "metadata": {"synthetic": True, "pixel_size": px, "pixel_size_known": True},
+            "metadata": {meta.SYNTHETIC: True, meta.PIXEL_SIZE: px, meta.PIXEL_SIZE_KNOWN: True},
         },
         "points",
     )
@@ -141,5 +142,5 @@ def particles_sample() -> list[LayerData]:
     layers = star_layer_data(star)
     for _, kwargs, _ in layers:
         kwargs["name"] = "particles"
-        kwargs["metadata"]["synthetic"] = True
+        kwargs["metadata"][meta.SYNTHETIC] = True
     return layers

@@ -143,15 +143,13 @@ def write_particle_dataset(out_dir: str | os.PathLike, particles: SyntheticParti
     pathlib.Path
         The STAR file.
     """
-    import starfile
 
-    from ..io.atomic import atomic_path
+    from ..io.star import write_star
     from ..io.mrc import write_mrc
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_mrc(out / "particles.mrcs", particles.images, particles.pixel_size, is_stack=True, overwrite=overwrite)
     star = out / "particles.star"
-    with atomic_path(star, overwrite=overwrite) as tmp:
-        starfile.write({"optics": particles.optics, "particles": particles.table}, tmp, float_format="%.6f")
+    write_star({"optics": particles.optics, "particles": particles.table}, star, overwrite=overwrite)
     return star

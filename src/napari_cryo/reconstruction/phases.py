@@ -1,0 +1,223 @@
+"""The run of cryoSPIN and cryoAI: epochs of the current phase, then the switch to the next.
+
+:func:`run_encoder_method` trains the amortized phase (:mod:`.amortized`)
+until its loss plateaus, half the budget is spent or the switch is forced,
+hands the encoder's poses on to per-particle poses (:mod:`.auto_decoding`),
+and ends with a direct reconstruction from the poses reached.  When the
+encoder's views collapse (cryoSPIN), the first poses come instead from a
+global search against a stochastic first map.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..tasks import Progress
+from .amortized import amortized_step, initialise_poses
+from .auto_decoding import (
+    compared_band,
+    global_round_due,
+    logged_global_round,
+    pose_step,
+    refresh_half_volumes,
+    take_searched_poses,
+)
+from .backproject import reconstruct_halves
+from .coverage import ViewCoverage, view_coverage
+from .encoder_run import EncoderRun, batch_ctf
+from .models import rotation_from_6d
+from .refine import RefineSettings, first_map, first_radius, search_round
+from .run import (
+    Every,
+    MapUpdate,
+    ReconstructionDiverged,
+    ReconstructionResult,
+    RunControl,
+    RunFolder,
+)
+from .settings import ReconstructionSettings
+
+Value = Progress | MapUpdate | dict[str, Any]
+
+
+def run_encoder_method(data, settings: ReconstructionSettings, folder: RunFolder, control: RunControl, resume: bool,
+                       device: torch.device) -> Generator[Value, None, ReconstructionResult | None]:
+    """cryoSPIN or cryoAI on ``data``: the contract of :func:`~.reconstruct.reconstruct`.
+
+    Checkpoints every ``checkpoint_minutes``, at each phase change, when
+    paused and when the generator is closed or fails (not after a loss that
+    is not finite: the last good checkpoint stays).
+    """
+    run = EncoderRun(data, settings, device)
+    state = folder.start_or_resume(run.key, resume, device)
+    if state is not None:
+        run.load(state)
+        yield Progress(0, None, f"resumed: {run.phase}, epoch {run.epoch}, {run.elapsed / 60:.1f} min done")
+    control.restart(run.elapsed)
+    checkpoints, maps = Every(settings.checkpoint_minutes), Every(settings.map_minutes)
+    try:
+        while run.phase != "done" and not control.halted():
+            losses, changes = yield from _epoch(run, folder, control, checkpoints, maps)
+            if control.paused():
+                break
+            record = _end_epoch(run, losses, changes, folder, control)
+            yield record
+            if run.phase == "amortized":
+                yield from _switch_from_amortized(run, folder, control)
+            else:
+                yield from _after_auto_decoding_epoch(run, record["pose_change_deg"], folder, control)
+        folder.save(run.state())
+    except ReconstructionDiverged:
+        raise  # the last good checkpoint stays
+    except BaseException:
+        # Cancelled (the generator closed) or failed: keep what was learnt so that resume continues from here.
+        if run.phase != "done" and run.epoch > 0:
+            try:
+                folder.save(run.state())
+            except Exception:  # noqa: BLE001 - never mask the original error
+                pass
+        raise
+    if control.paused():
+        return None
+
+    yield Progress(0, None, "direct reconstruction from the estimated poses")
+    rotations = rotation_from_6d(run.rot6d).numpy()
+    shifts = run.shifts.numpy()
+    result = yield from reconstruct_halves(data, rotations, shifts, seed=settings.seed)
+    return ReconstructionResult(
+        volume=result.volume, half1=result.half1, half2=result.half2, pixel_size=data.pixel_size,
+        rotations=rotations, shifts=shifts, fsc=result.fsc, resolution=result.resolution, history=run.history,
+    )
+
+
+def _epoch(run: EncoderRun, folder: RunFolder, control: RunControl, checkpoints: Every,
+           maps: Every) -> Generator[Value, None, tuple[list[float], list[torch.Tensor]]]:
+    """One pass over the particles in the current phase (until halted); returns the batch losses and pose changes."""
+    s = run.s
+    step = amortized_step if run.phase == "amortized" else pose_step
+    size = s.batch_size if run.phase == "amortized" else s.pose_batch_size
+    total_done = run.epoch * math.ceil(len(run.full) / size)
+    losses: list[float] = []
+    changes: list[torch.Tensor] = []
+    for i, batch in enumerate(run.data.batches(size, shuffle=True, seed=s.seed, epoch=run.epoch)):
+        radius = compared_band(run, control.clock(), control.budget)
+        images = batch.images.to(run.device)
+        target = torch.fft.rfft2(images)
+        ctf = batch_ctf(run.data, batch, run.box, run.device)
+        loss, change = step(run, images, target, ctf, torch.as_tensor(batch.indices), radius, folder.checkpoint)
+        losses.append(loss)
+        changes.append(change)
+        run.elapsed = control.clock()
+        yield Progress(total_done + i + 1, None, f"{run.phase} epoch {run.epoch + 1} loss {np.mean(losses):.4g}")
+        if checkpoints.due():
+            folder.save(run.state())
+            checkpoints.reset()
+        if maps.due():
+            update = _map_update(run, folder, control, f"{run.phase} epoch {run.epoch + 1}")
+            folder.write_progress({"elapsed_s": round(control.clock(), 1), "phase": run.phase, "epoch": run.epoch + 1, "loss": loss,
+                                   "map": update.path.name if update.path else ""})
+            maps.reset()
+            yield update
+        if control.halted():
+            break
+    return losses, changes
+
+
+def _end_epoch(run: EncoderRun, losses: list[float], changes: list[torch.Tensor], folder: RunFolder,
+               control: RunControl) -> dict[str, Any]:
+    """The epoch's record (mean loss, median pose change), kept in the history and ``progress.csv``."""
+    run.epoch += 1
+    change = float(torch.cat(changes).median()) if changes else float("nan")
+    record = {"epoch": run.epoch, "phase": run.phase, "loss": float(np.mean(losses)) if losses else float("nan"),
+              "pose_change_deg": change, "elapsed_s": round(control.clock(), 1)}
+    return folder.log(run.history, record)
+
+
+def _map_update(run: EncoderRun, folder: RunFolder, control: RunControl, label: str) -> MapUpdate:
+    """The map as it stands, written as the next intermediate map."""
+    from .physics import fourier_crop_volume
+
+    # Every map at the working box, so the viewer's layer and the files keep one size and pixel size.
+    volume = fourier_crop_volume(run.current_volume().cpu(), run.full_box).numpy()
+    path = folder.write_map(run.maps_written, volume, run.full.pixel_size)
+    return MapUpdate(volume, run.full.pixel_size, label, path, rotation_from_6d(run.rot6d).numpy(), control.clock())
+
+
+def _switch_from_amortized(run: EncoderRun, folder: RunFolder, control: RunControl) -> Generator[Value, None, None]:
+    """Switch to per-particle poses when the views collapsed, the loss plateaued, the switch is forced or half the budget is spent."""
+    s = run.s
+    losses = [r["loss"] for r in run.history if r["phase"] == "amortized"]
+    plateau = len(losses) > s.patience and (losses[-s.patience - 1] - losses[-1]) < s.plateau * abs(losses[-s.patience - 1])
+    forced = s.switch_after is not None and control.clock() >= s.switch_after * 60
+    collapsed = collapsed_views(run)
+    if collapsed is not None:
+        yield Progress(0, None, f"the encoder's views collapsed (SCF {collapsed.scf:.2f} after {run.epoch} epochs): "
+                                "first poses from a global search against a stochastic first map")
+        if (yield from poses_from_first_map(run, folder, control)):
+            run.phase = "auto-decoding"
+            run.switched_at = control.clock()
+            folder.save(run.state())
+    elif forced or plateau or control.clock() >= 0.5 * control.budget:
+        yield Progress(0, None, "switching to per-particle poses: best head of every particle")
+        yield from initialise_poses(run, run.device)
+        run.phase = "auto-decoding"
+        if s.method == "cryospin" and s.global_rounds > 0:
+            yield (yield from logged_global_round(run, folder, control, run.device))
+        run.switched_at = control.clock()
+        folder.save(run.state())
+
+
+def _after_auto_decoding_epoch(run: EncoderRun, change: float, folder: RunFolder, control: RunControl) -> Generator[Value, None, None]:
+    """After an epoch of pose steps: a global round when one is due, done when the poses settled, else new half volumes."""
+    if global_round_due(run, change) and not control.halted():
+        yield (yield from logged_global_round(run, folder, control, run.device))
+        folder.save(run.state())
+    elif not math.isnan(change) and change < run.s.converged_degrees:
+        run.phase = "done"
+    elif not control.halted():
+        yield from refresh_half_volumes(run, control)
+
+
+def collapsed_views(run: EncoderRun) -> ViewCoverage | None:
+    """The coverage of the encoder's poses when they have collapsed (SCF below ``collapse_scf``), else None."""
+    s = run.s
+    if s.method != "cryospin" or s.collapse_scf <= 0 or run.phase != "amortized" or run.epoch < s.collapse_epochs:
+        return None
+    coverage = view_coverage(rotation_from_6d(run.rot6d).numpy())
+    return coverage if coverage.measured and coverage.scf < s.collapse_scf else None
+
+
+def poses_from_first_map(run: EncoderRun, folder: RunFolder, control: RunControl) -> Generator[Value, None, bool]:
+    """First poses without the encoder: a stochastic first map, then a global search of every particle against it.
+
+    For encoders whose views collapsed (:func:`collapsed_views`): a map from
+    their poses is wrong but self-consistent, and no search against it
+    repairs them.  As in the ``search`` method, the first map comes from all
+    particles at a 32-px box and the search compares only up to
+    :attr:`~.refine.RefineSettings.start_band`; the half volumes are then
+    solved from each half-set's own particles at the shared band.  Yields
+    the first map and a history record for each step; returns False, having
+    changed nothing, when stopped or paused during the map.
+    """
+    data, device = run.full, run.device
+    volume = yield from first_map(data, run.s.first_map_batches, run.s.seed, control.halted, device)
+    if control.halted() and not control.out_of_time():  # stopped or paused by the user: stay amortized
+        return False
+    run.use_working_box()
+    path = folder.write_map(run.maps_written, volume, data.pixel_size)
+    yield MapUpdate(volume, data.pixel_size, "first map (stochastic search)", path, None, control.clock())
+    yield folder.log(run.history, {"epoch": run.epoch, "phase": "first map", "loss": float("nan"), "pose_change_deg": float("nan"),
+                                   "elapsed_s": round(control.clock(), 1), "map": path.name if path else ""})
+    refine = RefineSettings(max_shift=run.s.max_shift * run.box)
+    radius = first_radius(run.box, refine)
+    yield Progress(0, None, "global pose search against the first map")
+    rot, shifts, _ = yield from search_round(data, [volume], None, None, radius, refine, local=False, seed=run.s.seed, device=device)
+    change = yield from take_searched_poses(run, rot, shifts, np.ones(len(data), dtype=bool), radius, run.shared_band)
+    yield folder.log(run.history, {"epoch": run.epoch, "phase": "global search", "loss": float("nan"), "pose_change_deg": float(np.median(change)),
+                                   "moved_fraction": 1.0, "band_px": round(radius, 2), "elapsed_s": round(control.clock(), 1)})
+    return True

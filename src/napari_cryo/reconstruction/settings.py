@@ -1,0 +1,115 @@
+"""The settings of a reconstruction run, for every method (cryoSPIN, cryoAI, search)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+from ..errors import CryoInputError
+from .coverage import UNEVEN_SCF
+
+METHODS = ("cryospin", "cryoai", "search")
+
+
+@dataclass
+class ReconstructionSettings:
+    """Settings of a run (defaults are the ones benchmarked).
+
+    Attributes
+    ----------
+    method : str
+        ``"cryospin"`` (multi-head encoder, voxel decoder, then auto-decoding),
+        ``"cryoai"`` (one head, FourierNet, symmetrised loss) or ``"search"``
+        (a stochastic first map, then global and local pose searches by
+        half-sets; see :mod:`.refine`).
+    batch_size : int
+        Images per step of the amortized phase (32, as in the published cryoSPIN code and as benchmarked).
+    pose_batch_size : int
+        Images per pose step when auto-decoding.  Each particle's pose and
+        Adam moments are its own and the volumes are fixed during an epoch,
+        so this sets the speed only (see ``docs/benchmarks.md``).
+    max_minutes : float
+        Time budget for phases 1 and 2 (the direct reconstruction comes after).
+    heads : int
+        Rotation hypotheses per image (cryoSPIN; cryoAI uses 1).
+    encoder_lr, volume_lr, pose_lr : float
+        Adam learning rates of the encoder, the decoder (amortized phase) and the per-particle poses.
+    pose_steps : int
+        Pose updates per batch when auto-decoding.
+    max_shift : float
+        Largest in-plane translation, as a fraction of the box.
+    switch_after : float or None
+        Force the switch to auto-decoding after this many minutes (None: automatic).
+    patience, plateau : int, float
+        Automatic switch: relative loss improvement below ``plateau`` over ``patience`` epochs.
+    converged_degrees : float
+        Auto-decoding stops when the median pose change over an epoch is below this.
+    global_rounds : int
+        cryoSPIN: global pose searches during auto-decoding (:func:`~.auto_decoding.global_round`): one at the
+        switch, then one each time the per-particle steps settle (median change below
+        ``settle_degrees``) once the band has grown by a quarter since the last.  Pose steps
+        only reach the nearest minimum; a search over all of SO(3) against the half volumes
+        moves the particles the encoder left tens of degrees off.  0: cryoSPIN as published.
+    settle_degrees : float
+        See ``global_rounds``.
+    collapse_scf, collapse_epochs : float, int
+        cryoSPIN: from amortized epoch ``collapse_epochs`` on, the SCF of the poses the
+        encoder gives (:func:`~.coverage.view_coverage`) is checked after every epoch.  Below
+        ``collapse_scf`` the views have collapsed onto a few directions, and a map built
+        from them misleads every later search, so the run switches at once and takes its
+        first poses from a global search against a stochastic first map (as the ``search``
+        method does) instead of from the encoder.  The default, 0.5, is the SCF below which
+        every run warns (:data:`~.coverage.UNEVEN_SCF`); 0: no check, cryoSPIN as published.
+    shared_radius : float
+        cryoSPIN and cryoAI: band (cycles/pixel) below which the two half-sets may share
+        information at the switch to per-particle poses; above it the
+        gold-standard FSC is independent.
+    amortized_box : int or None
+        cryoSPIN and cryoAI: box (even pixels) of the amortized phase, which compares
+        images only below ``shared_radius`` and so needs no finer sampling.
+        None: :func:`amortized_box` chooses it (32 for a 64-px working box);
+        the working box turns the Fourier cropping off.
+    checkpoint_minutes, map_minutes : float
+        How often to checkpoint and to write an intermediate map.
+    seed : int
+        Random seed.
+    first_map_batches : int
+        ``search``: batches of the stochastic first map (fewer for small data sets).
+    """
+
+    method: str = "cryospin"
+    batch_size: int = 32
+    pose_batch_size: int = 256
+    max_minutes: float = 20.0
+    heads: int = 7
+    encoder_lr: float = 3e-4
+    volume_lr: float = 1e-3
+    pose_lr: float = 2e-2
+    pose_steps: int = 4
+    max_shift: float = 0.1
+    switch_after: float | None = None
+    patience: int = 3
+    plateau: float = 0.005
+    converged_degrees: float = 0.2
+    global_rounds: int = 2
+    settle_degrees: float = 1.0
+    collapse_scf: float = UNEVEN_SCF
+    collapse_epochs: int = 5
+    shared_radius: float = 0.15
+    amortized_box: int | None = None
+    checkpoint_minutes: float = 2.0
+    map_minutes: float = 3.0
+    seed: int = 0
+    first_map_batches: int = 100
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise CryoInputError(None, f"unknown method '{self.method}' (use {' or '.join(METHODS)})")
+
+    def key(self) -> str:
+        """What a checkpoint must match to be resumed (the time budget may change)."""
+        d = asdict(self)
+        for k in ("max_minutes", "checkpoint_minutes", "map_minutes", "switch_after"):
+            d.pop(k)
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

@@ -1,0 +1,85 @@
+"""The run layer: run control (budget, Stop, Pause), the run folder, the controller's session without Qt."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from napari_cryo.errors import CryoInputError
+from napari_cryo.reconstruction.run import (
+    CHECKPOINT,
+    PROGRESS,
+    PROGRESS_COLUMNS,
+    ReconstructionDiverged,
+    RunControl,
+    RunFolder,
+    check_finite,
+)
+
+
+def test_halted_is_out_of_time_stopped_or_paused():
+    flags = {"stop": False, "pause": False}
+    control = RunControl(1.0, stop=lambda: flags["stop"], pause=lambda: flags["pause"])
+    assert not control.halted() and control.clock() < 1.0
+    flags["pause"] = True
+    assert control.halted() and control.paused() and not control.stopped() and not control.out_of_time()
+    flags["pause"], flags["stop"] = False, True
+    assert control.halted() and control.stopped()
+    flags["stop"] = False
+    control.restart(60.0)  # a resumed run counts its earlier minute: the 1-minute budget is spent
+    assert control.clock() >= 60.0 and control.out_of_time() and control.halted()
+    assert not RunControl(1.0).halted()  # no Stop, no Pause
+
+
+def test_run_folder_writes_progress_maps_and_checkpoints(tmp_path):
+    folder = RunFolder(tmp_path / "run")
+    history: list[dict] = []
+    folder.log(history, {"epoch": 1, "phase": "amortized", "loss": 0.5, "elapsed_s": 1.0, "extra": "not a column"})
+    written: list[str] = []
+    path = folder.write_map(written, np.zeros((8, 8, 8), np.float32), 2.0)
+    folder.log(history, {"epoch": 2, "phase": "global search", "loss": 0.4, "elapsed_s": 2.0}, path)
+    assert written == ["intermediate_001.mrc"] and path.exists()
+    assert history == [{"epoch": 1, "phase": "amortized", "loss": 0.5, "elapsed_s": 1.0, "extra": "not a column"},
+                       {"epoch": 2, "phase": "global search", "loss": 0.4, "elapsed_s": 2.0}]  # the map name goes to the file only
+    with open(tmp_path / "run" / PROGRESS, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == list(PROGRESS_COLUMNS)
+    assert rows[0]["map"] == "" and rows[1]["map"] == "intermediate_001.mrc" and rows[1]["phase"] == "global search"
+
+    folder.save({"key": "abc", "epoch": 3})
+    assert folder.start_or_resume("abc", resume=True)["epoch"] == 3
+    with pytest.raises(CryoInputError, match="belongs to other particles"):
+        folder.start_or_resume("other", resume=True)
+    assert folder.start_or_resume("abc", resume=False) is None and not (tmp_path / "run" / PROGRESS).exists()  # a new run
+    (tmp_path / "run" / CHECKPOINT).write_bytes(b"not a checkpoint")
+    with pytest.raises(CryoInputError, match="cannot be read"):
+        folder.start_or_resume("abc", resume=True)
+
+
+def test_a_run_without_a_folder_writes_nothing(tmp_path):
+    folder = RunFolder(None)
+    folder.save({"key": "abc"})
+    folder.write_progress({"epoch": 1})
+    assert folder.write_map([], np.zeros((8, 8, 8), np.float32), 1.0) is None
+    assert folder.checkpoint is None and folder.start_or_resume("abc", resume=True) is None
+
+
+def test_a_loss_that_is_not_finite_stops_the_run(tmp_path):
+    check_finite(torch.tensor(1.0), None, "the amortized phase at epoch 1")
+    with pytest.raises(ReconstructionDiverged, match="loss became nan in the amortized phase at epoch 2"):
+        check_finite(torch.tensor(float("nan")), tmp_path / CHECKPOINT, "the amortized phase at epoch 2")
+
+
+def test_session_needs_a_finished_run_to_save_poses(tmp_path):
+    from napari_cryo.reconstruction.controller import (
+        ReconstructionSession,
+        particle_data,
+    )
+
+    with pytest.raises(CryoInputError, match="no finished reconstruction"):
+        ReconstructionSession().save_poses(tmp_path / "poses.star")
+    with pytest.raises(CryoInputError, match="choose a particle STAR file"):
+        particle_data("", None)
