@@ -1,4 +1,4 @@
-"""I/O and sample-data benchmarks; results go into docs/benchmarks.md.
+"""I/O and sample-data benchmarks; raw results go to benchmarks/results (see docs/benchmarks.md).
 
 Measures, each in a fresh Python process so memory figures are not polluted
 by earlier work:
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "benchmarks.md"
+RESULTS = ROOT / "benchmarks" / "results"
 SHAPE = (1000, 1024, 1024)  # 4.19 GB of float32
 
 #: Memory of the measuring subprocess, prepended to every snippet that reports it.
@@ -108,12 +108,20 @@ def run_json(code: str, *args: str) -> dict:
 
 
 def write_section(title: str, body: str) -> None:
-    """Replace (or append) the '## title' section of docs/benchmarks.md."""
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nEvery figure here is written by a script in `benchmarks/`.\n"
-    section = f"## {title}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    DOC.write_text(text)
+    """Write a run's raw figures to benchmarks/results/<title>.md (and print them).
+
+    docs/benchmarks.md is curated: one current table per capability. A run's raw output goes
+    beside the scripts, to be folded into those tables by hand.
+    """
+    slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+    out = RESULTS / f"{slug}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = f"## {title}\n\n{body.strip()}\n"
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+    print(text)
+    print(f"wrote {out}")
 
 
 def main() -> None:
@@ -174,7 +182,6 @@ fresh process after imports. Target: each under 2 s.
 {sample_rows}
 """,
     )
-    print(DOC.read_text())
 
 
 if __name__ == "__main__":

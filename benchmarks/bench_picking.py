@@ -1,4 +1,4 @@
-"""Picking benchmark: napari-cryo against Topaz on simulated micrographs; results into docs/benchmarks.md.
+"""Picking benchmark: napari-cryo against Topaz on simulated micrographs; raw results to benchmarks/results.
 
 Data: 20 micrographs of 2048² pixels at 1.5 Å/px. Each holds projections of two real density maps from the
 test data (EMD-3197, and the cryoDRGN 'hand' volume taken at 3 Å/voxel), turned into pseudo-atoms, at 150 Å

@@ -165,7 +165,7 @@ def main() -> None:
                         help="cryoSPIN's collapse check (ReconstructionSettings.collapse_scf; default: the package's)")
     parser.add_argument("--workdir", default="/work/bench_recon")
     parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--section", default="Ab initio reconstruction", help="title of the section of docs/benchmarks.md to (re)write")
+    parser.add_argument("--section", default="Ab initio reconstruction", help="title of the results file (benchmarks/results/<title>.md)")
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads on {os.cpu_count()} cores, torch {torch.__version__}"

@@ -1,4 +1,4 @@
-"""Streaming particles for reconstruction: time and peak memory of ParticleData; results into docs/benchmarks.md.
+"""Streaming particles for reconstruction: time and peak memory of ParticleData; raw results to benchmarks/results.
 
 Data: synthetic RELION 3.1 particle sets of 10,000 and 100,000 particles of 64² float32 pixels (0.16 and 1.6 GB
 of images) in stacks of 1,000 particles, with CTF columns.  The images are 16 distinct noise-plus-disc images
@@ -179,7 +179,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="/work/bench_recon_io", help="where the data sets are written and kept")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000], help="particle counts")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per setting (the first cold where possible)")
-    parser.add_argument("--no-doc", action="store_true", help="print the results only; leave docs/benchmarks.md alone")
+    parser.add_argument("--no-doc", action="store_true", help="print the results only; write no results file")
     args = parser.parse_args()
 
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"

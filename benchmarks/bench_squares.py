@@ -1,4 +1,4 @@
-"""Grid-square benchmark: extraction precision/recall and XCryoNet scoring error; results into docs/benchmarks.md.
+"""Grid-square benchmark: extraction precision/recall and XCryoNet scoring error; raw results to benchmarks/results.
 
 Simulated atlases (napari_cryo.synthetic.atlas) with exact labels: lattice rotation, ice thickness, cracks, empty
 squares, contamination, folded corners, the grid rim, vignetting and noise.

@@ -1,6 +1,6 @@
 """Seeded generators of realistic synthetic cryo-EM data.
 
-Used three ways: as napari sample data (small, in under 2 s), in the tests
+Used three ways: as napari sample data (small and quick to make), in the tests
 (tiny), and in ``benchmarks/`` (full size, with ground truth).  Every
 generator takes a ``seed`` and returns its data with the ground truth.
 """
