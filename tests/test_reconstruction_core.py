@@ -33,6 +33,7 @@ from napari_cryo.reconstruction.models import (
 )
 from napari_cryo.reconstruction.run import RunFolder
 from napari_cryo.tasks import drain
+from napari_cryo.reconstruction.run import load_checkpoint
 
 TORCH_THREADS = 1
 
@@ -122,7 +123,7 @@ def test_cryospin_heads_give_different_images_different_views(dataset, tmp_path)
     epochs = _first_epochs(reconstruct, data, settings, 2, tmp_path)
     assert [e["phase"] for e in epochs] == ["amortized", "amortized"]
     encoder = PoseEncoder(32, heads=3, max_shift=3.2)
-    encoder.load_state_dict(torch.load(tmp_path / CHECKPOINT, weights_only=False)["encoder"])
+    encoder.load_state_dict(load_checkpoint(tmp_path / CHECKPOINT)["encoder"])
     encoder.eval()
     with torch.no_grad():
         rotations, _ = encoder(data.batch(np.arange(len(data))).images)
@@ -335,7 +336,7 @@ def test_amortized_phase_at_a_smaller_box_hands_working_box_poses_on(dataset, tm
         assert volume.shape == (32, 32, 32) and info.voxel_size == pytest.approx((2.0, 2.0, 2.0)), path.name
     # A checkpoint taken after the switch resumes at the working box.
     resumed = EncoderRun(data, rec.ReconstructionSettings(method="cryospin", heads=2, amortized_box=16, batch_size=64), torch.device("cpu"))
-    resumed.load(torch.load(out / rec.CHECKPOINT, weights_only=False))
+    resumed.load(load_checkpoint(out / rec.CHECKPOINT))
     assert resumed.box == 32 and resumed.halves[0].shape == (32, 32, 32)
     assert resumed.global_radii == [pytest.approx(0.15 * 32)]
 
@@ -412,7 +413,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(dataset, tmp_pat
     monkeypatch.setattr(EncoderRun, "errors", failing)
     with pytest.raises(rec.ReconstructionDiverged, match="loss became nan"):
         drain(rec.reconstruct(data, settings, tmp_path))
-    state = torch.load(tmp_path / rec.CHECKPOINT, weights_only=False)
+    state = load_checkpoint(tmp_path / rec.CHECKPOINT)
     assert all(torch.isfinite(v).all() for v in state["decoder"].values())
 
 
@@ -431,7 +432,7 @@ def test_killed_run_resumes(dataset, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "volume.mrc").exists()
-    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    state = load_checkpoint(out / "checkpoint.pt")
     done_epochs, done_s = state["epoch"], state["elapsed"]
     assert done_epochs >= 1
     resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=600)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,3 +84,40 @@ def test_session_needs_a_finished_run_to_save_poses(tmp_path):
         ReconstructionSession().save_poses(tmp_path / "poses.star")
     with pytest.raises(CryoInputError, match="choose a particle STAR file"):
         particle_data("", None)
+
+
+class _Payload:
+    """Unpickling this runs code: it would create the file ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    import pickle
+
+    marker = tmp_path / "executed"
+    folder = tmp_path / "run"
+    folder.mkdir()
+    with open(folder / CHECKPOINT, "wb") as fh:
+        pickle.dump({"key": "k", "payload": _Payload(marker)}, fh)
+    # torch.save's zip format too, as a crafted file in a shared folder would be
+    torch_file = tmp_path / "run2"
+    torch_file.mkdir()
+    torch.save({"key": "k", "payload": _Payload(marker)}, torch_file / CHECKPOINT)
+    for out in (folder, torch_file):
+        with pytest.raises(CryoInputError, match="cannot be read to resume"):
+            RunFolder(out).start_or_resume("k", resume=True)
+    assert not marker.exists()
+
+
+def test_a_saved_state_with_arrays_round_trips(tmp_path):
+    folder = RunFolder(tmp_path)
+    state = {"key": "k", "volume": np.arange(8, dtype=np.float32).reshape(2, 2, 2), "radius": np.float64(4.5), "history": [{"epoch": 1}]}
+    folder.save(state)
+    back = folder.start_or_resume("k", resume=True)
+    np.testing.assert_array_equal(back["volume"], state["volume"])
+    assert isinstance(back["volume"], np.ndarray) and back["radius"] == 4.5 and back["history"] == [{"epoch": 1}]

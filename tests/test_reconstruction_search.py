@@ -25,6 +25,7 @@ from napari_cryo.reconstruction.search import (
     shift_grid,
 )
 from napari_cryo.tasks import drain
+from napari_cryo.reconstruction.run import load_checkpoint
 
 TORCH_THREADS = 2
 
@@ -182,7 +183,7 @@ def test_search_method_pauses_and_resumes(dataset, tmp_path):
 
     result, _ = drain(reconstruct(data, settings, tmp_path, pause=pause), count)
     assert result is None and (tmp_path / CHECKPOINT).exists()
-    state = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    state = load_checkpoint(tmp_path / CHECKPOINT)
     assert state["phase"] in ("global search", "local search") and state["rotations"] is not None
     done = state["round"]
     result, items = drain(reconstruct(data, settings, tmp_path, resume=True))

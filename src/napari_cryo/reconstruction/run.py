@@ -157,6 +157,44 @@ def check_finite(loss: torch.Tensor, checkpoint: Path | None, where: str) -> Non
         raise ReconstructionDiverged(checkpoint, f"the loss became {value} in {where}; stopped, the last good checkpoint is kept")
 
 
+_NUMPY_KEYS = "_numpy_keys"
+
+
+def _for_saving(state: dict[str, Any]) -> dict[str, Any]:
+    """The state with numpy arrays as tensors and numpy scalars as Python numbers, so it loads with ``weights_only``."""
+    out: dict[str, Any] = {}
+    arrays = []
+    for key, value in state.items():
+        if isinstance(value, np.ndarray):
+            out[key] = torch.from_numpy(np.ascontiguousarray(value))
+            arrays.append(key)
+        elif isinstance(value, np.generic):
+            out[key] = value.item()
+        else:
+            out[key] = value
+    out[_NUMPY_KEYS] = arrays
+    return out
+
+
+def _from_saved(state: Any) -> Any:
+    """Undo :func:`_for_saving`: the arrays the run saved come back as numpy arrays."""
+    if not isinstance(state, dict):
+        return state
+    state = dict(state)
+    for key in state.pop(_NUMPY_KEYS, []):
+        state[key] = state[key].cpu().numpy()
+    return state
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Any:
+    """A run's checkpoint as the run saved it.
+
+    It loads with ``weights_only``: a checkpoint from a shared folder can hold tensors and
+    plain values, never code (a pickle that would run code raises ``UnpicklingError``).
+    """
+    return _from_saved(torch.load(path, map_location=device, weights_only=True))
+
+
 class RunFolder:
     """What a run writes while it runs, in one folder: checkpoint, ``progress.csv``, intermediate maps.
 
@@ -187,10 +225,10 @@ class RunFolder:
         out = self.out
         if resume and out is not None and (out / CHECKPOINT).exists():
             try:
-                state = torch.load(out / CHECKPOINT, map_location=device, weights_only=False)
-            except Exception as exc:  # noqa: BLE001 - a damaged checkpoint is reported, not silently dropped
+                state = load_checkpoint(out / CHECKPOINT, device)
+            except Exception as exc:  # noqa: BLE001 - a damaged or unsafe checkpoint is reported, not silently dropped
                 raise CryoInputError(out / CHECKPOINT, f"cannot be read to resume ({type(exc).__name__})") from None
-            if state.get("key") != key:
+            if not isinstance(state, dict) or state.get("key") != key:
                 raise CryoInputError(out / CHECKPOINT, "belongs to other particles, other settings or an older napari-cryo; start without --resume or use another --out")
             return state
         if out is not None and (out / PROGRESS).exists():
@@ -202,7 +240,7 @@ class RunFolder:
         if self.out is None:
             return
         with atomic_path(self.out / CHECKPOINT, overwrite=True) as tmp:
-            torch.save(state, tmp)
+            torch.save(_for_saving(state), tmp)
 
     def write_map(self, written: list[str], volume: np.ndarray, pixel_size: float) -> Path | None:
         """Write the next ``intermediate_NNN.mrc`` (atomically) and add its name to ``written``."""
