@@ -323,6 +323,25 @@ class CryoView(Container):
     def on_busy_changed(self, busy: bool) -> None:
         """Hook for subclasses: called when a task starts (True) or the latest one ends (False)."""
 
+    def add_plot(self, height: int = 180, placeholder: str | None = None) -> tuple[Any, Any]:
+        """A matplotlib figure on a Qt canvas below the controls: ``(figure, canvas)``, ``(None, None)`` without Qt."""
+        from .plots import qt_figure_canvas
+
+        figure, canvas = qt_figure_canvas(height, placeholder)
+        if canvas is not None:
+            self.native.layout().addWidget(canvas)
+        return figure, canvas
+
+    @staticmethod
+    def draw_loss(figure: Any, canvas: Any, history: Sequence[Any], title: str) -> None:
+        """Redraw a loss plot (see :func:`~napari_cryo.plots.loss_figure`) on a canvas from :meth:`add_plot`."""
+        if canvas is None:
+            return
+        from .plots import loss_figure
+
+        loss_figure(history, figure, title=title)
+        canvas.draw_idle()
+
     def notify(self, message: str, error: bool = False, warning: bool = False) -> None:
         """Show ``message`` in the status line and as a napari notification."""
         self._status.value = message

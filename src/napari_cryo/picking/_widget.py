@@ -62,11 +62,7 @@ class PickingWidget(CryoView):
             self._retrain, self._save_path, self._save, self._export_dir, self._overwrite, self._export,
         ])  # fmt: skip
         self.add_task_panel([self._pick_current, self._pick_all, self._retrain, self._save])
-        from ..plots import qt_figure_canvas
-
-        self._figure, self._canvas = qt_figure_canvas(200, "the loss curve appears here\nduring retraining")
-        if self._canvas is not None:
-            self.native.layout().addWidget(self._canvas)
+        self._figure, self._canvas = self.add_plot(200, "the loss curve appears here\nduring retraining")
 
         for control, slot in (
             (self._pick_current, lambda: self.pick(all_micrographs=False)), (self._pick_all, lambda: self.pick(all_micrographs=True)),
@@ -229,11 +225,7 @@ class PickingWidget(CryoView):
     def _on_epoch(self, value: Any) -> None:
         if isinstance(value, EpochRecord):
             self._history.append(value)
-            if self._canvas is not None:
-                from ..plots import loss_figure
-
-                loss_figure(self._history, self._figure, title="retraining")
-                self._canvas.draw_idle()
+            self.draw_loss(self._figure, self._canvas, self._history, "retraining")
 
     def _choose_model(self, name: str) -> None:
         if name not in self._model.choices:

@@ -16,7 +16,6 @@ from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, LineEdi
 from .._view import CryoView, reports_input_errors
 from ..device import resolve_device
 from ..errors import CryoInputError
-from ..plots import loss_figure, qt_figure_canvas
 from ..training_loop import EpochRecord, Resumed
 from . import architectures
 from ._display_widget import LivePreview, find_output, show, show_all
@@ -81,9 +80,7 @@ class SegmentationWidget(CryoView):
         ])
         self.add_task_panel([self._train, self._train_all, self._segment, self._save_segmentations, self._pick, self._mesh, self._save_mesh,
                              *self.models.file_buttons])
-        self._loss_figure, self._loss_canvas = qt_figure_canvas(150, "loss appears while training")
-        if self._loss_canvas is not None:
-            self.native.layout().addWidget(self._loss_canvas)
+        self._loss_figure, self._loss_canvas = self.add_plot(150, "loss appears while training")
         self._annotation.changed.connect(self._refresh_features)
         self._feature.changed.connect(self._select_label)
         self._live.changed.connect(lambda on: self.update_preview() if on else None)
@@ -162,10 +159,9 @@ class SegmentationWidget(CryoView):
             self.controller.receive(value)
             if isinstance(value, SlicePreview):
                 self.preview.show(tomo, value.z, {value.title: value.probabilities})
-            elif isinstance(value, (EpochRecord, Resumed)) and self._loss_figure is not None:
+            elif isinstance(value, (EpochRecord, Resumed)):
                 title = self.controller.training
-                loss_figure(self.controller.history[title], self._loss_figure, title=f"{title} ({self._architecture.value})")
-                self._loss_canvas.draw_idle()
+                self.draw_loss(self._loss_figure, self._loss_canvas, self.controller.history[title], f"{title} ({self._architecture.value})")
             elif isinstance(value, SegmentationModel):
                 self.models.refresh()
             self.controller.drawn()
