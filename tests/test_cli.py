@@ -38,8 +38,10 @@ def test_info_star_files(capsys, testdata):
     assert summary["euler_angles"] is True
     for path in sorted((testdata / "star").rglob("*.star")):
         code, out, err = run(capsys, "info", str(path))
-        assert code == 0, (path, err)
-        assert "block" in out
+        # the napari reader refuses these two (an empty coordinate loop; stacks not beside the file), so info does too
+        refused = path.name in {"empty_loop.star", "toy_projections.star"}
+        assert code == (2 if refused else 0), (path, err)
+        assert ("block" in out) != refused
 
 
 @pytest.mark.parametrize(

@@ -48,11 +48,15 @@ def test_imod_unsigned_bytes(tmp_path):
     assert data.dtype == np.uint8 and data[0, 0, 0] == 200
 
 
-def test_writer_appends_suffix_instead_of_replacing(tmp_path):
-    out, = write_image_mrc(str(tmp_path / "map_2.5A"), np.zeros((4, 4), np.float32), {"scale": (1.0, 1.0)})
-    assert out.endswith("map_2.5A.mrc")
-    out, = write_points_star31(str(tmp_path / "run.v1"), np.zeros((1, 2)), {"scale": (1.0, 1.0)})
-    assert out.endswith("run.v1.star")
+def test_writer_refuses_a_name_without_its_extension(tmp_path):
+    # napari asked the user about exactly this path: the writer must not write another one
+    (tmp_path / "map_2.5A.mrc").write_bytes(b"keep")
+    with pytest.raises(CryoInputError, match="has no MRC extension"):
+        write_image_mrc(str(tmp_path / "map_2.5A"), np.zeros((4, 4), np.float32), {"scale": (1.0, 1.0)})
+    with pytest.raises(CryoInputError, match="has no STAR extension"):
+        write_points_star31(str(tmp_path / "run.v1"), np.zeros((1, 2)), {"scale": (1.0, 1.0)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map_2.5A.mrc"]
+    assert (tmp_path / "map_2.5A.mrc").read_bytes() == b"keep"
 
 
 def test_empty_pick_list_round_trip(tmp_path):
@@ -69,7 +73,10 @@ def test_bad_optics_group_is_a_clear_error(tmp_path, capsys):
     )
     with pytest.raises(CryoInputError, match="rlnOpticsGroup has a non-numeric value 'abc'"):
         read_coordinates(p)
-    assert main(["info", str(p)]) == 0 or True  # info lists the blocks even so
+    capsys.readouterr()
+    assert main(["info", str(p)]) == 2  # info validates what the reader validates
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(p) in err[0] and "abc" in err[0], err
     capsys.readouterr()
 
 

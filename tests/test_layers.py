@@ -115,8 +115,8 @@ def test_image_layer_round_trip_through_writer(testdata, tmp_path):
 
 def test_stack_writer_keeps_stack(testdata, tmp_path):
     (data, kw, _), = mrc_layer_data(testdata / "particles" / "toy_projections.mrcs")
-    out, = write_image_mrc(str(tmp_path / "copy"), data, kw)
-    assert out.endswith(".mrcs")
+    out, = write_image_mrc(str(tmp_path / "copy.mrcs"), data, kw)
+    assert out == str(tmp_path / "copy.mrcs")
     (data2, kw2, _), = mrc_layer_data(out)
     assert kw2["axis_labels"][0] == "image"
 

@@ -12,6 +12,8 @@ need for that lives here once:
 - :class:`CryoView` is the widget base: a status line, a Cancel button,
   ``notify`` and ``run`` (start a task, disable the action buttons until the
   latest task ends).
+- :meth:`CryoView.confirm_replace` asks before a job replaces files
+  (:func:`ask_to_replace`, a dialog that tests replace).
 - :func:`reports_input_errors` turns a :class:`CryoInputError` raised by a
   view method into a notification and a ``None`` return.
 - :func:`find_layer`, :func:`put_layer` and :func:`in_turns` find the layer
@@ -42,6 +44,29 @@ def notify(message: str, error: bool = False, warning: bool = False) -> None:
     from napari.utils.notifications import show_error, show_info, show_warning
 
     (show_error if error else show_warning if warning else show_info)(message)
+
+
+def ask_to_replace(paths: Sequence[Any], parent: Any = None) -> bool:
+    """Ask the user, in a dialog, whether to replace files that exist; True when there are none.
+
+    Widgets call this before a job writes (the output-folder policy, see
+    :func:`napari_cryo.io.atomic.check_outputs`).  Tests replace it with a
+    function that answers yes or no.
+    """
+    if not paths:
+        return True
+    from qtpy.QtWidgets import QMessageBox
+
+    names = [str(p) for p in paths]
+    shown = "\n".join(names[:8]) + (f"\n... and {len(names) - 8} more" if len(names) > 8 else "")
+    answer = QMessageBox.question(
+        parent,
+        "Replace files?",
+        f"{len(names)} file(s) exist already and would be replaced:\n{shown}",
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+        QMessageBox.StandardButton.No,
+    )
+    return answer == QMessageBox.StandardButton.Yes
 
 
 def start_worker(
@@ -346,6 +371,21 @@ class CryoView(Container):
         """Show ``message`` in the status line and as a napari notification."""
         self._status.value = message
         notify(message, error=error, warning=warning)
+
+    def confirm_replace(self, paths: Iterable[Any]) -> bool:
+        """Whether the job may go on: no listed file exists, or the user agreed to replace them.
+
+        A refusal is reported in the status line; nothing is written.
+        """
+        from .io.atomic import existing_outputs
+
+        clashes = existing_outputs(paths)
+        if not clashes:
+            return True
+        if ask_to_replace(clashes, parent=self.native):
+            return True
+        self.notify(f"Nothing written: {clashes[0]} exists and was not replaced", warning=True)
+        return False
 
     def run(self, func: Callable[..., Generator[Any, None, Any]], *args: Any, **kwargs: Any):
         """Start a long action as this view's latest task (see :meth:`TaskRunner.start`)."""

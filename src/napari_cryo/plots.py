@@ -35,8 +35,31 @@ def loss_figure(history: Sequence[Any], figure=None, title: str = "training"):
     return figure
 
 
+def loss_plot_path(model: str | os.PathLike) -> Path:
+    """The loss-curve PNG a training command writes beside a model file (``NAME.pt`` -> ``NAME_loss.png``)."""
+    model = Path(model)
+    return model.with_name(model.stem + "_loss.png")
+
+
 def save_figure(figure, path: str | os.PathLike, overwrite: bool = True) -> Path:
-    """Save a figure as PNG atomically."""
+    """Save a figure as PNG atomically.
+
+    Parameters
+    ----------
+    figure : matplotlib.figure.Figure
+        The figure.
+    path : str or os.PathLike
+        The PNG file.
+    overwrite : bool
+        Whether an existing file may be replaced.  A command lists the PNG
+        with its other outputs (:func:`~napari_cryo.io.atomic.check_outputs`)
+        before it starts, and passes its ``--overwrite`` here.
+
+    Returns
+    -------
+    pathlib.Path
+        The file written.
+    """
     from .io.atomic import atomic_path
 
     with atomic_path(path, overwrite=overwrite) as tmp:

@@ -5,7 +5,10 @@ and how to measure a validation loss; :func:`run_training` does the rest
 the same way for all three:
 
 - a run resumes from a checkpoint written by the same settings and data
-  (its ``run_key``), and says so with a :class:`Resumed` event;
+  (its ``run_key``), and says so with a :class:`Resumed` event; a checkpoint
+  it cannot resume (other settings or data, another network, unreadable)
+  changes nothing in the network or its optimisers, is reported with a
+  :class:`CheckpointIgnored` event, and the run's first checkpoint replaces it;
 - after every epoch it writes a checkpoint atomically and yields one
   :class:`EpochRecord` (epoch, cumulative seconds, train loss, validation
   loss, learning rate);
@@ -60,7 +63,7 @@ class EpochRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "EpochRecord":
+    def from_dict(cls, values: dict[str, Any]) -> EpochRecord:
         """A record from a dict written by :meth:`as_dict` (unknown keys are ignored)."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
@@ -72,6 +75,14 @@ class Resumed:
 
     epoch: int
     history: tuple[EpochRecord, ...]
+
+
+@dataclass(frozen=True)
+class CheckpointIgnored:
+    """A checkpoint was found but not resumed, for ``reason``: training starts again and replaces it."""
+
+    path: str
+    reason: str
 
 
 def history_dicts(history: Iterable[EpochRecord]) -> list[dict[str, float]]:
@@ -112,7 +123,7 @@ def run_training(
 
     Yields
     ------
-    Progress, Resumed, EpochRecord or whatever ``train_epoch`` yields
+    Progress, Resumed, CheckpointIgnored, EpochRecord or whatever ``train_epoch`` yields
 
     Returns
     -------
@@ -123,7 +134,10 @@ def run_training(
     target: torch.nn.Module = module_list[0] if len(module_list) == 1 else torch.nn.ModuleList(module_list)
     history: list[EpochRecord] = []
     start = 0
-    restored = restore_checkpoint(checkpoint, run_key, target, optimizers)
+    reasons: list[str] = []
+    restored = restore_checkpoint(checkpoint, run_key, target, optimizers, epochs, reasons.append)
+    for reason in reasons:
+        yield CheckpointIgnored(os.fspath(checkpoint), reason)
     if restored is not None:
         start, saved = restored
         history = [EpochRecord.from_dict(r) for r in saved]
@@ -144,9 +158,11 @@ def run_training(
 
 
 def describe_event(event: Any) -> str | None:
-    """One line for a :class:`Resumed` or :class:`EpochRecord` event (``None`` for anything else)."""
+    """One line for a :class:`Resumed`, :class:`CheckpointIgnored` or :class:`EpochRecord` event (``None`` for anything else)."""
     if isinstance(event, Resumed):
         return f"resuming from the checkpoint at epoch {event.epoch}"
+    if isinstance(event, CheckpointIgnored):
+        return f"not resuming from {event.path}: {event.reason}; training starts again"
     if isinstance(event, EpochRecord):
         val = "" if math.isnan(event.val_loss) else f", validation loss {event.val_loss:.4f}"
         return f"epoch {event.epoch}: train loss {event.train_loss:.4f}{val}, {event.seconds:.0f} s"

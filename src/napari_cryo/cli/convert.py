@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CryoInputError
-from ..io.atomic import check_writable
+from ..io.atomic import check_outputs
 from ..io.mrc import MRC_SUFFIXES, read_mrc, write_mrc
 from ..io.star import convert_star_layout
 
@@ -85,7 +85,9 @@ def main(args: argparse.Namespace) -> int:
         raise CryoInputError(dst, f"cannot convert {kin.upper()} to {'this file type' if kout is None else kout.upper()}")
     if src.resolve() == dst.resolve():
         raise CryoInputError(dst, "is the input file; write to a new name")
-    check_writable(dst, overwrite=args.overwrite)
+    check_outputs([dst], overwrite=args.overwrite)  # the one file written, checked before reading the input
+    if not dst.parent.is_dir():
+        raise CryoInputError(dst, f"directory {dst.parent} does not exist")
     if kin == "mrc":
         convert_mrc(src, dst, args.pixel_size, args.overwrite)
     else:

@@ -1,4 +1,9 @@
-"""Summarise an MRC or STAR file: shape, dtype, pixel size, origin, axis order, particles, blocks."""
+"""Summarise an MRC or STAR file: shape, dtype, pixel size, origin, axis order, particles, blocks.
+
+The file is first checked the way the napari reader checks it (the same
+functions run), so ``info`` fails, with the reader's one-line message and
+exit status 2, exactly on the files napari would refuse to open.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +34,31 @@ _AXIS = {1: "X", 2: "Y", 3: "Z"}
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="an MRC-family file (.mrc .mrcs .map .rec .st .ali, .gz/.bz2) or a STAR file")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def reader_notes(path: Path) -> list[str]:
+    """Open ``path`` as the napari reader does and return what it had to assume.
+
+    STAR files that the reader declines (pipelines, postprocess and
+    optimiser files hold nothing to show) are not opened.
+
+    Raises
+    ------
+    CryoInputError
+        Where the reader raises it, with the same message.
+    """
+    from .. import layer_meta
+    from ..io._reader import get_star_reader
+    from ..io.layers import mrc_layer_data, star_layer_data
+
+    if path.name.lower().endswith(".star"):
+        if get_star_reader(str(path)) is None:
+            return []
+        layers = star_layer_data(path)
+    else:
+        layers = mrc_layer_data(path)
+    notes = (note for _, kwargs, _ in layers for note in kwargs.get("metadata", {}).get(layer_meta.NOTES, []))
+    return list(dict.fromkeys(notes))
 
 
 def mrc_summary(path: Path) -> dict[str, Any]:
@@ -94,7 +124,7 @@ def star_summary(path: Path) -> dict[str, Any]:
         out["coordinates"] = None
     out["pixel_size_coordinates_A"] = _pixel(pt, COORD_PIXEL_SIZE_COLUMNS)
     out["pixel_size_images_A"] = _pixel(pt, IMAGE_PIXEL_SIZE_COLUMNS)
-    out["optics_groups"] = int(len(pt.optics)) if pt.optics is not None else None
+    out["optics_groups"] = len(pt.optics) if pt.optics is not None else None
     for column in ("rlnTomoName", "rlnMicrographName"):
         if column in t.columns:
             out["micrographs_or_tomograms"] = {"column": column, "count": int(t[column].nunique())}
@@ -132,12 +162,12 @@ def main(args: argparse.Namespace) -> int:
     if not path.exists():
         raise CryoInputError(path, "file not found")
     name = path.name.lower()
-    if name.endswith(".star"):
-        summary = star_summary(path)
-    elif name.endswith(MRC_SUFFIXES):
-        summary = mrc_summary(path)
-    else:
+    if not name.endswith((".star", *MRC_SUFFIXES)):
         raise CryoInputError(path, "unknown file type (expected an MRC-family or .star file)")
+    notes = reader_notes(path)
+    summary = star_summary(path) if name.endswith(".star") else mrc_summary(path)
+    if notes:
+        summary["reader_notes"] = notes
     if args.json:
         print(json.dumps(summary, indent=2, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
     else:

@@ -1,7 +1,10 @@
 """npe2 writer hooks: layer data -> MRC or RELION STAR, atomically.
 
-napari has already asked the user about replacing an existing file when it
-calls a writer, so these hooks overwrite; the command line does not.
+A hook writes exactly the path napari gives it.  napari (npe2) adds the
+extension to a name typed without one, and its save dialog has asked the
+user about replacing that very file, so the hook replaces it; a path without
+one of the format's extensions is refused, never completed to another name
+that nobody asked about.  The command line does not replace files unasked.
 """
 
 from __future__ import annotations
@@ -17,13 +20,23 @@ from ..errors import CryoInputError
 from .mrc import write_mrc
 from .star import write_coordinates
 
+#: Extensions the MRC hooks write (uncompressed: the writer does not compress).
+MRC_EXTENSIONS = (".mrc", ".mrcs", ".map", ".rec", ".st", ".ali")
+STAR_EXTENSIONS = (".star",)
 
-def _mrc_name(path: str, is_stack: bool) -> Path:
-    """Add an MRC suffix when the name has none (never replace part of the name)."""
-    p = Path(path)
-    if not p.name.lower().endswith((".mrc", ".mrcs", ".map", ".rec", ".st", ".ali")):
-        p = p.with_name(p.name + (".mrcs" if is_stack else ".mrc"))
-    return p
+
+def _exact_path(path: str, extensions: tuple[str, ...], what: str) -> Path:
+    """The path to write, as given; refused unless it ends with one of ``extensions``.
+
+    Raises
+    ------
+    CryoInputError
+        Naming the path, when its extension is not one of the format's.
+    """
+    out = Path(path)
+    if not out.name.lower().endswith(extensions):
+        raise CryoInputError(out, f"has no {what} extension ({', '.join(extensions)}); nothing was written")
+    return out
 
 
 def _spatial(meta: dict[str, Any], ndim: int, is_stack: bool) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -34,6 +47,7 @@ def _spatial(meta: dict[str, Any], ndim: int, is_stack: bool) -> tuple[tuple[flo
 
 
 def _write_array(path: str, data: Any, meta: dict[str, Any], labels: bool) -> list[str]:
+    out = _exact_path(path, MRC_EXTENSIONS, "MRC")
     if meta.get("rgb"):
         raise CryoInputError(path, "RGB images cannot be written as MRC")
     if meta.get("multiscale"):
@@ -44,7 +58,6 @@ def _write_array(path: str, data: Any, meta: dict[str, Any], labels: bool) -> li
     if ndim not in (2, 3):
         raise CryoInputError(path, f"MRC holds 2D or 3D data; this layer is {ndim}D")
     voxel, origin = _spatial(meta, ndim, is_stack)
-    out = _mrc_name(path, is_stack and ndim == 3)
     write_mrc(out, data, voxel, origin, is_stack=is_stack and ndim == 3, labels=labels, overwrite=True)
     return [str(out)]
 
@@ -60,6 +73,7 @@ def write_labels_mrc(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
 
 
 def _write_points(path: str, data: Any, meta: dict[str, Any], layout: str) -> list[str]:
+    out = _exact_path(path, STAR_EXTENSIONS, "STAR")
     points = np.asarray(data, dtype=float)
     if points.ndim != 2 or points.shape[1] not in (2, 3):
         raise CryoInputError(path, f"only 2D or 3D points can be written to STAR, got shape {points.shape}")
@@ -71,9 +85,6 @@ def _write_points(path: str, data: Any, meta: dict[str, Any], layout: str) -> li
     features = meta.get("features")
     if features is not None and not isinstance(features, pd.DataFrame):
         features = pd.DataFrame(features)
-    out = Path(path)
-    if not out.name.lower().endswith(".star"):
-        out = out.with_name(out.name + ".star")
     optics = metadata.get(keys.STAR_OPTICS) if isinstance(metadata.get(keys.STAR_OPTICS), pd.DataFrame) else None
     write_coordinates(
         out,

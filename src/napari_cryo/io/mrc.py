@@ -14,6 +14,7 @@ import bz2
 import gzip
 import os
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Callable
@@ -43,6 +44,12 @@ IMAGE_MODES = (0, 1, 2, 6, 12, 101)
 HEADER_BYTES = 1024
 #: IMOD's stamp (bytes 152-155); its flags (156-159) bit 0 set means signed bytes.
 IMOD_STAMP = 1146047817
+
+#: What a damaged compressed file raises while it is read.
+_READ_ERRORS = (OSError, EOFError, zlib.error)
+#: Compressed data are read in pieces of this size, so that a header claiming more
+#: data than the file holds allocates no more than the file has.
+_READ_CHUNK = 64 * 2**20
 
 # Samples taken for contrast limits and the NaN check: a few whole planes, so
 # that a memory-mapped file is read in large contiguous pieces.
@@ -156,7 +163,7 @@ def _read_head(path: Path, compressed: str | None, nbytes: int = HEADER_BYTES) -
         raise CryoInputError(path, "file not found") from None
     except IsADirectoryError:
         raise CryoInputError(path, "is a directory, not an MRC file") from None
-    except (OSError, EOFError) as exc:
+    except _READ_ERRORS as exc:
         raise CryoInputError(path, f"cannot be read ({exc})") from None
 
 
@@ -295,7 +302,8 @@ def read_header(path: str | os.PathLike, check_size: bool = True) -> MrcInfo:
     cell = header["cella"]
     sampling = (int(header["mz"]), int(header["my"]), int(header["mx"]))
     cell_zyx = (float(cell["z"]), float(cell["y"]), float(cell["x"]))
-    voxel = tuple(c / m if m > 0 else 0.0 for c, m in zip(cell_zyx, sampling))
+    # A cell that is not a finite positive size gives no voxel size (0), never NaN or infinity.
+    voxel = tuple(_voxel_size(c, m) for c, m in zip(cell_zyx, sampling))
     origin_hdr = header["origin"]
     origin_zyx = (float(origin_hdr["z"]), float(origin_hdr["y"]), float(origin_hdr["x"]))
     if not all(np.isfinite(origin_zyx)):
@@ -360,6 +368,14 @@ def read_header(path: str | os.PathLike, check_size: bool = True) -> MrcInfo:
     )
 
 
+def _voxel_size(cell: float, sampling: int) -> float:
+    """Å per voxel from a cell length and its sampling; 0 (unknown) unless both are finite and positive."""
+    if sampling <= 0 or not np.isfinite(cell) or cell <= 0:
+        return 0.0
+    size = cell / sampling
+    return size if np.isfinite(size) else 0.0
+
+
 def sniff_mrc(path: str | os.PathLike) -> MrcInfo | None:
     """Return the header if ``path`` looks like an MRC file, else ``None``.
 
@@ -401,21 +417,35 @@ def _file_array(info: MrcInfo, mmap: bool) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
-def _read_data_bytes(info: MrcInfo) -> bytes:
+def _read_data_bytes(info: MrcInfo) -> bytes | bytearray:
+    """The data block, read whole (compressed files, mode 101), checked against the size the header gives."""
     h = info.header
     need = _data_nbytes(h["nx"], h["ny"], h["nz"], info.mode)
     try:
         with _open_raw(info.path, info.compressed) as fh:
-            fh.seek(info.data_offset) if info.compressed is None else fh.read(info.data_offset)
-            raw = fh.read(need)
+            fh.seek(info.data_offset)  # compressed streams seek forward by reading in pieces
+            raw = _read_at_most(fh, need)
             extra = fh.read(1)
-    except (OSError, EOFError) as exc:
+    except _READ_ERRORS as exc:
         raise CryoInputError(info.path, f"cannot be read ({exc})") from None
     if len(raw) < need:
         raise CryoInputError(info.path, f"file is truncated: the header needs {need} data bytes, the file has {len(raw)}")
     if extra and info.compressed is not None:
         raise CryoInputError(info.path, "header disagrees with the file size: data continue past the size the header gives")
     return raw
+
+
+def _read_at_most(fh: Any, size: int) -> bytes | bytearray:
+    """Up to ``size`` bytes, read in pieces: a header's size is trusted no further than the data go."""
+    if size <= _READ_CHUNK:
+        return fh.read(size)
+    data = bytearray()  # grows in place (realloc), so a large file is not held twice
+    while len(data) < size:
+        piece = fh.read(min(_READ_CHUNK, size - len(data)))
+        if not piece:
+            break
+        data += piece
+    return data
 
 
 def read_mrc(path: str | os.PathLike, mmap: bool = True) -> tuple[np.ndarray, MrcInfo]:

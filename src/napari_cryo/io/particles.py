@@ -26,6 +26,11 @@ def parse_image_names(names: pd.Series, star_path: Path) -> tuple[np.ndarray, np
 
     A name without ``@`` is a single image: index 0 of that file.
     """
+    if names.empty:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=object)
+    if names.isna().any():
+        row = int(np.flatnonzero(names.isna().to_numpy())[0])
+        raise CryoInputError(star_path, f"rlnImageName is missing in row {row + 1}")
     text = names.astype(str).str.strip()
     has_at = text.str.contains("@", regex=False)
     parts = text.str.split("@", n=1, expand=True)
@@ -94,6 +99,8 @@ class ParticleStack:
         if "rlnImageName" not in df.columns:
             raise CryoInputError(self.star_path, "has no rlnImageName column, so no particle images")
         self.rows = np.arange(len(df)) if rows is None else np.asarray(rows, dtype=np.int64)
+        if len(self.rows) == 0:
+            raise CryoInputError(self.star_path, "has no particle rows (empty loop), so no particle images")
         index, names = parse_image_names(df["rlnImageName"].iloc[self.rows], self.star_path)
         self.index = index
         unique = list(dict.fromkeys(names))

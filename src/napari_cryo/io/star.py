@@ -10,7 +10,9 @@ ZYX (YX) order to match napari, with the particle origin shifts
 
 from __future__ import annotations
 
+import linecache
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +50,69 @@ IMAGE_PIXEL_SIZE_COLUMNS = (
     "rlnMicrographOriginalPixelSize",
     "rlnTomoTiltSeriesPixelSize",
     "rlnPixelSize",
+)
+
+
+#: RELION's integer-typed labels (``EMDL_INT`` in RELION 5's ``metadata_label.h``).
+#: RELION parses these with an integer parser, so ``1.000000`` is an error
+#: there: :func:`write_star` writes them as integers or refuses.
+INTEGER_LABELS = (
+    "rlnAdaptiveOversampleOrder", "rlnAreaId", "rlnAutoLocalSearchesHealpixOrder", "rlnAverageNrOfFrames",
+    "rlnBeamTiltClass", "rlnBodyKeepFixed", "rlnBodyRotateRelativeTo", "rlnClassIndex", "rlnClassNumber",
+    "rlnCoarseImageSize", "rlnCurrentImageSize", "rlnCurrentIteration", "rlnDataDimensionality", "rlnDataType",
+    "rlnEERGrouping", "rlnEERUpsampling", "rlnFourierSpaceInterpolator", "rlnGradEmIters", "rlnGradSubsetOrder",
+    "rlnGradSuspendFinerSamplingIter", "rlnGradSuspendLocalSamplingIter", "rlnGroupNrParticles", "rlnGroupNumber",
+    "rlnHasLargeSizeIncreaseIterationsAgo", "rlnHealpixOrder", "rlnHealpixOrderOriginal", "rlnHelicalTubeID",
+    "rlnImageDimensionality", "rlnImageId", "rlnImageSize", "rlnImageSizeX", "rlnImageSizeY", "rlnImageSizeZ",
+    "rlnIncrementImageSize", "rlnIsSelected", "rlnJobType", "rlnJoboptionType", "rlnMaxNumberOfPooledParticles",
+    "rlnMaximumCoarseImageSize", "rlnMaximumSignificantPoses", "rlnMicrographEndFrame", "rlnMicrographFrameNumber",
+    "rlnMicrographId", "rlnMicrographStartFrame", "rlnMinRadiusNnInterpolation", "rlnMotionModelCoeffsIdx",
+    "rlnMotionModelVersion", "rlnMovieFrameNumber", "rlnMovieFramesRunningAverage", "rlnNrBodies", "rlnNrClasses",
+    "rlnNrGroups", "rlnNrHelicalAsymUnits", "rlnNrHelicalNStart", "rlnNrOfFrames", "rlnNrOfSignificantSamples",
+    "rlnNrOpticsGroups", "rlnNumberOfIterWithoutChangingAssignments", "rlnNumberOfIterWithoutResolutionGain",
+    "rlnNumberOfIterations", "rlnOpticsGroup", "rlnOpticsGroupNrParticles", "rlnOpticsGroupNumber",
+    "rlnOrientationalPriorMode", "rlnOrientationsID", "rlnOriginalImageSize", "rlnParticleId", "rlnParticleNumber",
+    "rlnParticleSelectionType", "rlnPipeLineJobCounter", "rlnPipeLineNodeType", "rlnPipeLineNodeTypeLabelDepth",
+    "rlnPipeLineProcessStatus", "rlnPipeLineProcessType", "rlnProteinArea", "rlnRadiusMaskExpImages",
+    "rlnRadiusMaskMap", "rlnRandomSeed", "rlnRandomSubset", "rlnReferenceDimensionality", "rlnSchemeEdgeNumber",
+    "rlnSelected", "rlnSgdFinalSubsetSize", "rlnSgdInitialSubsetSize", "rlnSgdMaxSubsets",
+    "rlnSgdSigma2FudgeHalflife", "rlnSgdSubsetSize", "rlnSgdWriteEverySubset", "rlnSmallestChangesClasses",
+    "rlnSolventArea", "rlnSortedIndex", "rlnSpectralIndex", "rlnTomoDeformationGridSizeX",
+    "rlnTomoDeformationGridSizeY", "rlnTomoFrameCount", "rlnTomoManifoldIndex", "rlnTomoParticleId",
+    "rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ", "rlnTomoTiltMovieFrameCount", "rlnTomoTiltMovieIndex",
+    "rlnWidthMaskEdge",
+)
+#: RELION's boolean labels (``EMDL_BOOL``), written as the integers 0 and 1.
+BOOLEAN_LABELS = (
+    "rlnAnglePsiFlip", "rlnBlushNoSpectralTrailing", "rlnCtfDataAreCtfCorrected", "rlnCtfDataAreCtfPremultiplied",
+    "rlnCtfDataArePhaseFlipped", "rlnDoAutoRefine", "rlnDoAutoSampling", "rlnDoBlush", "rlnDoCenterClasses",
+    "rlnDoCorrectCtf", "rlnDoCorrectMagnification", "rlnDoCorrectNorm", "rlnDoCorrectScale",
+    "rlnDoExternalReconstruct", "rlnDoFastSubsetOptimisation", "rlnDoGradientRefine", "rlnDoHelicalRefine",
+    "rlnDoIgnoreCtfUntilFirstPeak", "rlnDoMapEstimation", "rlnDoOnlyFlipCtfPhases", "rlnDoRealignMovies",
+    "rlnDoSkipAlign", "rlnDoSkipRotate", "rlnDoSolventFlattening", "rlnDoSolventFscCorrection",
+    "rlnDoSplitRandomHalves", "rlnDoStochasticEM", "rlnDoStochasticGradientDescent", "rlnDoZeroMask", "rlnEnabled",
+    "rlnFixSigmaNoiseEstimates", "rlnFixSigmaOffsetEstimates", "rlnFixTauEstimates", "rlnGradHasConverged",
+    "rlnHasConverged", "rlnHasHighFscAtResolLimit", "rlnHelicalKeepTiltPriorFixed",
+    "rlnHelicalSymmetryLocalRefinement", "rlnIgnoreHelicalSymmetry", "rlnIs3DSampling",
+    "rlnIs3DTranslationalSampling", "rlnIsFlip", "rlnIsHelix", "rlnJobIsContinue", "rlnJobIsTomo",
+    "rlnRefsAreCtfCorrected", "rlnSchemeBooleanVariableResetValue", "rlnSchemeBooleanVariableValue",
+    "rlnSchemeEdgeIsFork", "rlnSchemeJobHasStarted", "rlnSgdSkipAnneal", "rlnTomoSubTomosAre2DStacks",
+    "rlnUseTooCoarseSampling",
+)
+_WHOLE_NUMBER_LABELS = frozenset(INTEGER_LABELS + BOOLEAN_LABELS)
+#: RELION string labels of the particle, micrograph and tomogram files the
+#: package reads: kept as text, so a name such as ``0001`` is not read as 1.
+NAME_LABELS = (
+    "rlnMicrographName", "rlnImageName", "rlnImageOriginalName", "rlnTomoName", "rlnOpticsGroupName",
+    "rlnMicrographMovieName", "rlnMicrographNameNoDW", "rlnMicrographNameEven", "rlnMicrographNameOdd",
+    "rlnMicrographMetadata", "rlnMicrographGainName", "rlnMicrographDefectFile", "rlnMicrographCoordinates",
+    "rlnCtfImage", "rlnCtfPowerSpectrum", "rlnMtfFileName", "rlnGroupName", "rlnOriginalParticleName",
+    "rlnParticleName", "rlnReconstructImageName", "rlnReferenceImage", "rlnTomoParticleName",
+    "rlnTomoTiltSeriesName", "rlnTomoTiltSeriesStarFile", "rlnTomoTiltMovieFile", "rlnTomoReconstructedTomogram",
+    "rlnTomoReconstructedTomogramHalf1", "rlnTomoReconstructedTomogramHalf2", "rlnTomoDenoisedTomogram",
+    "rlnTomoImportImodDir", "rlnTomoImportCtfFindFile", "rlnTomoImportCtfPlotterFile", "rlnTomoImportOrderList",
+    "rlnTomoImportCulledFile", "rlnTomoTomogramsFile", "rlnTomoParticlesFile", "rlnTomoTrajectoriesFile",
+    "rlnTomoManifoldsFile", "rlnTomoManifoldType", "rlnTomoDeformationType", "rlnSymmetryGroup",
 )
 
 
@@ -131,14 +196,21 @@ def read_star(path: str | os.PathLike) -> dict[str, pd.DataFrame | dict[str, Any
     if path.is_dir():
         raise CryoInputError(path, "is a directory, not a STAR file")
     _check_text(path)
+    _check_loop_rows(path)
+    # starfile reads lines through linecache and clears it only when a parse succeeds: a failed
+    # parse would leave the old lines to be read again after the file is corrected.
+    linecache.cache.pop(str(path), None)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            blocks = starfile.read(path, always_dict=True)
+            blocks = starfile.read(path, always_dict=True, parse_as_string=list(NAME_LABELS))
     except UnicodeDecodeError:
         raise CryoInputError(path, "is not a text file, so not a STAR file") from None
     except Exception as exc:  # noqa: BLE001 - the parser raises many kinds
-        raise CryoInputError(path, f"cannot be parsed as STAR ({type(exc).__name__}: {exc})") from None
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())  # pandas' messages can span lines
+        raise CryoInputError(path, f"cannot be parsed as STAR ({detail})") from None
+    finally:
+        linecache.cache.pop(str(path), None)
     if not blocks:
         if not _has_data_block(path):
             raise CryoInputError(path, "is not a STAR file (no data_ block)")
@@ -160,6 +232,67 @@ def _check_text(path: Path, chunk: int = 1 << 20) -> None:
     except UnicodeDecodeError as exc:
         if exc.start < len(head) - 4:  # not just a character cut at the chunk end
             raise CryoInputError(path, f"is not UTF-8 text (byte {exc.start}); re-save it as UTF-8") from None
+
+
+def _check_loop_rows(path: Path) -> None:
+    """Raise if a loop lists a label twice or a row has more or fewer values than the loop has labels.
+
+    starfile pads a short row with NaN, so a file cut off in the middle of a
+    row (an interrupted copy) or a row broken over two lines would otherwise
+    be read with values missing.  The lines are walked the way starfile's
+    parser walks them, so that exactly the rows it reads are checked.
+    """
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as fh:
+            lines = fh.read().split("\n")  # universal newlines, as starfile's linecache reads them
+    except OSError as exc:
+        raise CryoInputError(path, f"cannot be read ({exc.strerror})") from None
+    i, n = 0, len(lines)
+    while i < n:
+        if not lines[i].strip().startswith("data_"):
+            i += 1
+            continue
+        block = lines[i].strip()
+        i += 1
+        while i < n and not lines[i].strip().startswith(("loop_", "_")):
+            i += 1  # starfile looks past anything, even another data_ line, for the block's first label
+        if i >= n or not lines[i].strip().startswith("loop_"):
+            while i < n and not lines[i].strip().startswith("data"):
+                i += 1  # a simple block ends at the next line starting with "data"
+            continue
+        i += 1
+        labels: list[str] = []
+        while i < n and lines[i].strip().startswith("_"):
+            label = lines[i].split()[0]
+            if label in labels:
+                raise CryoInputError(path, f"line {i + 1}: {block} lists the label {label} twice")
+            labels.append(label)
+            i += 1
+        while i < n and not lines[i].strip().startswith("data_"):
+            count = _count_values(lines[i])
+            if count and count != len(labels):
+                raise CryoInputError(
+                    path, f"line {i + 1} has {count} values for the {len(labels)} labels of {block} (a damaged or cut-off file?)"
+                )
+            i += 1
+
+
+_VALUE_SEPARATOR = re.compile(r"[ \t]+")
+
+
+def _count_values(line: str) -> int:
+    """How many values a loop row holds, as pandas splits it (at spaces and tabs; quotes group; '#' starts a comment)."""
+    line = line.strip()
+    if "'" not in line and '"' not in line:
+        return sum(1 for value in _VALUE_SEPARATOR.split(line.split("#", 1)[0]) if value)
+    import shlex
+
+    lexer = shlex.shlex(line.replace("'", '"'), posix=True)
+    lexer.whitespace, lexer.whitespace_split, lexer.commenters = " \t", True, "#"
+    try:
+        return sum(1 for _ in lexer)
+    except ValueError:  # an unbalanced quote: let the parser have its say
+        return 0
 
 
 def _has_data_block(path: Path) -> bool:
@@ -211,7 +344,15 @@ def _numeric(df: pd.DataFrame, columns: tuple[str, ...] | list[str], path: Path)
         if values.isna().any():
             row = int(np.flatnonzero(values.isna().to_numpy())[0])
             raise CryoInputError(path, f"column {column} has a missing value in row {row + 1}")
-        df[column] = values.astype(float)
+        floats = values.astype(float)
+        # An integer label stays integer, so that writing the table back keeps RELION's type.
+        whole = column in _WHOLE_NUMBER_LABELS and bool(_integral(floats).all())
+        df[column] = floats.astype(np.int64) if whole else floats
+
+
+def _integral(values: pd.Series) -> pd.Series:
+    """Which values are whole numbers that an int64 holds exactly."""
+    return np.isfinite(values) & (values == np.round(values)) & (values.abs() < 2.0**53)
 
 
 def particle_table(path: str | os.PathLike, blocks: dict[str, Any] | None = None) -> ParticleTable:
@@ -315,8 +456,8 @@ class CoordinateSet:
         return None
 
 
-def _find_tomogram_sizes(path: Path, names: set[str]) -> pd.DataFrame | None:
-    """Look for a RELION 5 tomograms.star near ``path`` that describes ``names``."""
+def _find_tomogram_sizes(path: Path, names: set[str]) -> tuple[Path, pd.DataFrame] | None:
+    """Look for a RELION 5 tomograms.star near ``path`` that describes ``names``: the file and its block."""
     candidates: list[Path] = []
     for parent in [path.parent, *list(path.parents)[1:4]]:
         candidates += sorted(parent.glob("tomograms.star")) + sorted(parent.glob("*/tomograms.star"))
@@ -326,9 +467,9 @@ def _find_tomogram_sizes(path: Path, names: set[str]) -> pd.DataFrame | None:
         except CryoInputError:
             continue
         for block in blocks.values():
-            if isinstance(block, pd.DataFrame) and {"rlnTomoName", "rlnTomoSizeX"} <= set(block.columns):
-                if names <= set(block["rlnTomoName"].astype(str)):
-                    return block
+            describes = isinstance(block, pd.DataFrame) and {"rlnTomoName", "rlnTomoSizeX"} <= set(block.columns)
+            if describes and names <= set(block["rlnTomoName"].astype(str)):
+                return candidate, block
     return None
 
 
@@ -381,6 +522,7 @@ def read_coordinates(path: str | os.PathLike, blocks: dict[str, Any] | None = No
         features = table.drop(columns=[c for c in table.columns if c in axes])
         return [CoordinateSet(None, np.zeros((0, ndim)), features.reset_index(drop=True), px, ["the file holds no picks"])]
     _numeric(table, axes, path)
+    _numeric(table, [c for c in EULER_COLUMNS if c in table.columns], path)  # drawn as orientations
     origin_cols = [c for c in (ORIGIN_ANGST + ORIGIN_PIXELS) if c in table.columns]
     _numeric(table, origin_cols, path)
 
@@ -434,6 +576,21 @@ def read_coordinates(path: str | os.PathLike, blocks: dict[str, Any] | None = No
     return sets
 
 
+def _tomogram_sizes(where: Path, sizes: pd.DataFrame, size_cols: list[str]) -> pd.DataFrame:
+    """The tomograms.star rows indexed by tomogram name, checked: sizes and binnings are positive numbers."""
+    missing = [c for c in size_cols if c not in sizes.columns]
+    if missing:
+        raise CryoInputError(where, f"has no {missing[0]} column, needed to place centred coordinates")
+    info = sizes.copy()
+    info.index = info["rlnTomoName"].astype(str)
+    info = info[~info.index.duplicated()]
+    checked = size_cols + [c for c in ("rlnTomoTomogramBinning",) if c in info.columns]
+    _numeric(info, checked, where)
+    if (info[checked] <= 0).any().any():
+        raise CryoInputError(where, "a tomogram size or binning is zero or negative")
+    return info
+
+
 def _decentre(path: Path, table: pd.DataFrame, xyz: np.ndarray, pixel: pd.Series | None):
     """RELION 5 centred Å coordinates -> pixels of the (binned) tomogram."""
     notes: list[str] = []
@@ -441,14 +598,14 @@ def _decentre(path: Path, table: pd.DataFrame, xyz: np.ndarray, pixel: pd.Series
     if ts_pixel is None:
         raise CryoInputError(path, "centred coordinates in Å need a pixel size (rlnTomoTiltSeriesPixelSize or rlnImagePixelSize)")
     names = set(table["rlnTomoName"].astype(str)) if "rlnTomoName" in table.columns else set()
-    sizes = _find_tomogram_sizes(path, names) if names else None
+    found = _find_tomogram_sizes(path, names) if names else None
     out = xyz / ts_pixel.to_numpy()[:, None]
-    if sizes is None:
+    if found is None:
         notes.append("tomograms.star not found: coordinates are relative to the tomogram centre")
         return out, notes, ts_pixel
-    info = sizes.set_index(sizes["rlnTomoName"].astype(str))
-    tomo = table["rlnTomoName"].astype(str)
     size_cols = ["rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ"][: xyz.shape[1]]
+    info = _tomogram_sizes(*found, size_cols)
+    tomo = table["rlnTomoName"].astype(str)
     centre = info.loc[tomo, size_cols].to_numpy(dtype=float) / 2.0  # RELION's float centre, bin-1 pixels
     out = out + centre
     binning = (
@@ -462,14 +619,16 @@ def _decentre(path: Path, table: pd.DataFrame, xyz: np.ndarray, pixel: pd.Series
 
 
 def _format_column(values: pd.Series) -> pd.Series:
-    """Floats as the shortest text that reads back to the same number."""
+    """Floats as the shortest text that reads back to the same number (integer labels stay integers)."""
     if pd.api.types.is_bool_dtype(values):
         return values.astype(int)
     if pd.api.types.is_float_dtype(values):
+        if values.name in _WHOLE_NUMBER_LABELS:
+            return values  # write_star makes them integers or names the bad value
         return values.map(lambda v: "nan" if pd.isna(v) else repr(float(v)))
     if pd.api.types.is_integer_dtype(values):
         return values
-    return values.astype(str).map(_quote_if_reserved)
+    return values.astype(str)
 
 
 _RESERVED = ("_", "#", "$", "data_", "loop_", "save_", "global_", "stop_", "'", '"')
@@ -614,6 +773,11 @@ def write_star(
 
     starfile's own header carries the time of writing, so two writes of the
     same table would differ; the header written here names the package only.
+    Each column keeps its type: RELION's integer and boolean labels
+    (:data:`INTEGER_LABELS`, :data:`BOOLEAN_LABELS`) are written as integers
+    even when pandas holds them as floats (after a merge, a missing value or
+    a conversion), and text is written as it is, quoted where a STAR parser
+    would read it as syntax.
 
     Parameters
     ----------
@@ -629,12 +793,20 @@ def write_star(
     Returns
     -------
     pathlib.Path
+
+    Raises
+    ------
+    CryoInputError
+        If an integer label holds a value that is not a whole number.
     """
     from starfile.writer import StarWriter
 
     from .. import __version__
 
-    writer = StarWriter(blocks, quote_all_strings=False, float_format=float_format)
+    if not any(isinstance(block, (dict, pd.DataFrame)) for block in blocks.values()):
+        blocks = {"": blocks}  # one simple block given as its label -> value dict, as starfile allows
+    typed = {name: _typed_block(block, name, Path(path)) for name, block in blocks.items()}
+    writer = StarWriter(typed, quote_all_strings=False, float_format=float_format)
     lines = [f"# written by napari-cryo {__version__}", "", "", *writer.data_block_generator()]
     with atomic_path(path, overwrite=overwrite) as tmp:
         tmp.write_text("".join(line + "\n" for line in lines))
@@ -643,6 +815,55 @@ def write_star(
 
 def _formatted(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({c: _format_column(df[c]) for c in df.columns})
+
+
+def _typed_block(block: pd.DataFrame | dict[str, Any], name: str, path: Path) -> pd.DataFrame | dict[str, Any]:
+    """A block as it must be written: integer labels as integers, booleans as 0/1, text quoted where needed."""
+    if isinstance(block, dict):
+        return {label: _typed_value(value, label, name, path) for label, value in block.items()}
+    if not isinstance(block, pd.DataFrame):
+        raise CryoInputError(path, f"block data_{name} is a {type(block).__name__}, not a table or a dict")
+    columns = block.reset_index(drop=True)
+    # By position: a file read with a label twice has two columns of that name.
+    typed = pd.DataFrame({i: _typed_column(columns.iloc[:, i], str(label), name, path) for i, label in enumerate(block.columns)})
+    typed.index = columns.index
+    typed.columns = block.columns
+    return typed
+
+
+def _typed_column(values: pd.Series, label: str, block: str, path: Path) -> pd.Series:
+    if label in _WHOLE_NUMBER_LABELS:
+        return _integer_column(values, label, block, path)
+    if pd.api.types.is_bool_dtype(values):
+        return values.astype(np.int64)
+    if pd.api.types.is_numeric_dtype(values):
+        return values
+    return values.map(lambda v: _quote_if_reserved(v) if isinstance(v, str) else v)
+
+
+def _integer_column(values: pd.Series, label: str, block: str, path: Path) -> pd.Series:
+    """An integer label's values as int64; non-integers are refused, never rounded."""
+    if pd.api.types.is_bool_dtype(values):
+        return values.astype(np.int64)
+    if pd.api.types.is_integer_dtype(values) and not values.hasnans:
+        return values.astype(np.int64)
+    numbers = pd.to_numeric(values, errors="coerce").astype(float)
+    good = _integral(numbers).to_numpy(dtype=bool)
+    if not good.all():
+        row = int(np.flatnonzero(~good)[0])
+        value = values.iloc[row]
+        value = value.item() if isinstance(value, np.generic) else value
+        raise CryoInputError(path, f"{label} in data_{block} must hold integers; row {row + 1} has {value!r}, nothing was written")
+    return numbers.astype(np.int64)
+
+
+def _typed_value(value: Any, label: str, block: str, path: Path) -> Any:
+    """One value of a simple (non-loop) block, typed like :func:`_typed_column`."""
+    if label in _WHOLE_NUMBER_LABELS:
+        return int(_integer_column(pd.Series([value]), label, block, path).iloc[0])
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    return _quote_if_reserved(value) if isinstance(value, str) else value
 
 
 def convert_star_layout(
@@ -716,7 +937,7 @@ def _origins_to(table: pd.DataFrame, unit: str, pixel: pd.Series | None, path: P
     for s, d in present:
         values = pd.to_numeric(table[s], errors="coerce").to_numpy(dtype=float)
         table[d] = values * px if unit == "angstrom" else values / px
-        table.drop(columns=s, inplace=True)
+        del table[s]
 
 
 #: Columns that must hold numbers wherever they appear.

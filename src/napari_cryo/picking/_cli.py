@@ -37,7 +37,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--pixel-size", type=float, metavar="A", help="pixel size of micrographs whose header has none")
     t.add_argument("--invert", action="store_true", help="particles are white on the micrographs")
     t.add_argument("--name", help="model name (default: the output file stem)")
-    t.add_argument("--overwrite", action="store_true")
+    t.add_argument("--overwrite", action="store_true", help="replace MODEL, its loss plot and an earlier run's checkpoint (training starts again)")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run from MODEL.ckpt")
     add_device_arg(t)
 
     r = sub.add_parser("run", help="pick micrographs with a model", description="Pick particles; writes DIR/<micrograph>_picks.star per micrograph.")
@@ -53,7 +54,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--working-pixel-size", type=float, metavar="A")
     r.add_argument("--pixel-size", type=float, metavar="A", help="pixel size of micrographs whose header has none")
     r.add_argument("--invert", action="store_true", default=None, help="particles are white (default: the model's setting)")
-    r.add_argument("--overwrite", action="store_true")
+    r.add_argument("--overwrite", action="store_true", help="replace pick files that exist")
     add_device_arg(r)
 
     e = sub.add_parser("evaluate", help="precision and recall of picks against ground truth")
@@ -90,17 +91,19 @@ def _mask_for(masks: dict[str, np.ndarray], stem: str, shape: tuple[int, ...], p
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from ..checkpoints import training_outputs
     from ..device import resolve_device
-    from ..io.atomic import check_writable
     from ..tasks import run_with_tqdm
-    from ..training_loop import EpochRecord, Resumed
+    from ..training_loop import print_events
     from .data import load_micrograph, match_picks
     from .labels import prepare_training_micrograph
     from .model import PickerModel, load_model
     from .preprocess import working_pixel_size
     from .training import TrainConfig, train
 
-    out = check_writable(args.out, overwrite=args.overwrite)
+    out, checkpoint, plot = training_outputs(args.out, args.overwrite, args.resume)
+    # A resume replaces the interrupted run's own model and plot, if it wrote them before it stopped.
+    replace = args.overwrite or (args.resume and checkpoint.exists())
     device = resolve_device(args.device)
     mics = [load_micrograph(p, args.pixel_size) for p in args.micrographs]
     positives = match_picks(args.positives, mics, "picks")
@@ -135,21 +138,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
         )
     config = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps, lr=lr)
-    checkpoint = out.with_name(out.name + ".ckpt")
+    if not args.resume:  # an earlier run's checkpoint (allowed by --overwrite) must not be continued
+        checkpoint.unlink(missing_ok=True)
 
-    def report(value):
-        if isinstance(value, EpochRecord):
-            print(f"epoch {value.epoch}: train loss {value.train_loss:.4f}, validation loss {value.val_loss:.4f}", file=sys.stderr)
-        elif isinstance(value, Resumed):
-            print(f"resuming from the checkpoint at epoch {value.epoch}", file=sys.stderr)
-
-    model = run_with_tqdm(train(model, data, config, checkpoint, device), "training", report)
-    model.save(out, overwrite=args.overwrite)
-    plot = out.with_name(out.stem + "_loss.png")
+    model = run_with_tqdm(train(model, data, config, checkpoint, device), "training", print_events)
     if model.history:
         from ..plots import loss_figure, save_figure
 
-        save_figure(loss_figure(model.history[-1]["losses"], title="picker training"), plot)
+        save_figure(loss_figure(model.history[-1]["losses"], title="picker training"), plot, overwrite=replace)
+    model.save(out, overwrite=replace)
     checkpoint.unlink(missing_ok=True)
     print(f"wrote {out}" + (f" and {plot}" if plot.exists() else ""))
     return 0

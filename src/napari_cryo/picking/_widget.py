@@ -3,7 +3,8 @@
 A thin view over :class:`~.controller.PickingController`: it reads the
 controls and layers, starts the controller's generators through
 :meth:`CryoView.run`, and adds or updates the layers the controller
-describes.
+describes.  Saving and exporting ask before replacing a file
+(:meth:`CryoView.confirm_replace`), like the other widgets.
 """
 
 from __future__ import annotations
@@ -54,12 +55,11 @@ class PickingWidget(CryoView):
         self._save_path = w.FileEdit(label="save model as", mode="w", filter="*.pt")
         self._save = w.PushButton(text="Save model")
         self._export_dir = w.FileEdit(label="export to", mode="d")
-        self._overwrite = w.CheckBox(text="overwrite existing files", value=False)
         self._export = w.PushButton(text="Export STAR")
         self.extend([
             self._image, self._diameter, self._model, self._model_file, self._pick_current, self._pick_all, self._threshold,
             self._count, self._min_distance, self._show_prob, self._brush, self._paint, self._reject, self._name, self._epochs,
-            self._retrain, self._save_path, self._save, self._export_dir, self._overwrite, self._export,
+            self._retrain, self._save_path, self._save, self._export_dir, self._export,
         ])  # fmt: skip
         self.add_task_panel([self._pick_current, self._pick_all, self._retrain, self._save])
         self._figure, self._canvas = self.add_plot(200, "the loss curve appears here\nduring retraining")
@@ -239,22 +239,29 @@ class PickingWidget(CryoView):
 
     @reports_input_errors
     def save_model(self):
-        """Save the chosen model to the 'save model as' path, in the background."""
+        """Save the chosen model to the 'save model as' path, in the background (asking before replacing it)."""
         path = Path(str(self._save_path.value))
         if not path.name or path.is_dir():
             raise CryoInputError(None, "choose a file name to save the model to")
-        return self.run(
-            self.controller.save_model, self._model.value, path, bool(self._overwrite.value),
+        if not self.confirm_replace([path]):
+            return None
+        return self.run(  # overwrite=True: the file did not exist, or the user agreed to replace it
+            self.controller.save_model, self._model.value, path, True,
             description="saving the model", on_returned=lambda saved: self.notify(f"saved {saved}"),
         )
 
     @reports_input_errors
     def export(self, directory: str | Path | None = None) -> list[Path] | None:
-        """Write one RELION STAR file of picks per micrograph (see :mod:`.export`)."""
+        """Write one RELION STAR file of picks per micrograph (see :mod:`.export`), asking before replacing any.
+
+        Returns the files written; None when nothing was (an error, or the user kept the files).
+        """
         out = Path(str(directory if directory is not None else self._export_dir.value))
         if not str(out) or not out.is_dir():
             raise CryoInputError(out, "choose an existing directory to export to")
         self._sync()
-        written = self.controller.export(out, overwrite=bool(self._overwrite.value))
+        if not self.confirm_replace(self.controller.export_paths(out)):
+            return None
+        written = self.controller.export(out, overwrite=True)
         self.notify(f"wrote {len(written)} STAR file(s) to {out}")
         return written

@@ -382,8 +382,24 @@ class PickingController:
             entries.append((name, session.pixel_size, yx, feats["rlnAutopickFigureOfMerit"].to_numpy()))
         return sorted(entries, key=lambda e: e[0])
 
+    def export_paths(self, directory: str | os.PathLike) -> list[Path]:
+        """The files :meth:`export` writes into ``directory``, one per micrograph, in its order.
+
+        Raises
+        ------
+        CryoInputError
+            If two micrographs would write the same file.
+        """
+        paths = [export.picks_path(directory, name) for name, *_ in self.export_entries()]
+        if len(set(paths)) < len(paths):
+            raise CryoInputError(None, "two micrographs have the same file name; their pick files would collide")
+        return paths
+
     def export(self, directory: str | os.PathLike, overwrite: bool) -> list[Path]:
         """Write ``<stem>_picks.star`` per micrograph into ``directory`` (see :mod:`.export`).
+
+        A view asks the user about the files that exist (:meth:`export_paths`)
+        and passes ``overwrite=True`` once they agreed.
 
         Raises
         ------
@@ -391,6 +407,6 @@ class PickingController:
             Before writing anything, if a file exists and ``overwrite`` is false or two would collide.
         """
         entries = self.export_entries()
-        paths = [export.picks_path(directory, name) for name, *_ in entries]
-        export.check_targets(paths, overwrite, hint="allow overwriting to replace it")
+        paths = self.export_paths(directory)
+        export.check_targets(paths, overwrite, hint="nothing was written")
         return [export.write_picks(path, yx, scores, px, name) for path, (name, px, yx, scores) in zip(paths, entries)]

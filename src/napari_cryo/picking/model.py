@@ -10,6 +10,8 @@ background, particle and junk — upsampled back to the working resolution.
 from __future__ import annotations
 
 import os
+import reprlib
+import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -20,12 +22,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import CryoInputError
+from ..io.torch_files import load_model_payload, save_torch
 
 CLASSES = ("background", "particle", "junk")
 BACKGROUND, PARTICLE, JUNK = 0, 1, 2
 FORMAT = "napari-cryo-picker"
 FORMAT_VERSION = 1
 GENERIC_MODEL = "generic.pt"
+#: Bounds on what a model file may ask for: generous for real models (width 16, about 1 MB),
+#: small enough that a crafted file cannot make napari-cryo build a huge network.
+MAX_WIDTH = 128
+MAX_FILE_BYTES = 256 * 2**20
+MAX_NAME_LENGTH = 200
 
 
 class ResidualBlock(nn.Module):
@@ -105,7 +113,6 @@ class PickerModel:
 
     def save(self, path: str | os.PathLike, overwrite: bool = False, half: bool = False) -> Path:
         """Write the model file atomically (``half`` stores float16 weights)."""
-        from ..io.atomic import atomic_path
 
         state = {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in self.net.state_dict().items()}
         payload = {
@@ -119,44 +126,40 @@ class PickerModel:
             "classes": list(CLASSES),
             "state_dict": state,
         }
-        with atomic_path(path, overwrite=overwrite) as tmp:
-            torch.save(payload, tmp)
-        return Path(path)
+        return save_torch(payload, path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PickerModel":
         """Read a model file, checking that it is one.
 
+        The file is read with ``weights_only`` (tensors and plain values,
+        never code), and every setting is checked before a network is built.
+
         Raises
         ------
         CryoInputError
-            If the file is missing, not a torch file, or not a picking model.
+            If the file is missing, not a torch file, not a picking model,
+            from a newer napari-cryo, or holds settings or weights out of range.
         """
         path = Path(path)
-        if not path.is_file():
-            raise CryoInputError(path, "model file not found")
+        payload = _read_payload(path)
+        width = _integer(payload, "width", 16, 1, MAX_WIDTH, path)
+        settings = {
+            "name": _name(payload.get("name", path.stem), path),
+            "invert": _flag(payload, "invert", path),
+            "threshold": _real(payload, "threshold", 0.5, 0.0, 1.0, path),
+            "history": _records(payload, "history", path),
+        }
+        state = payload.get("state_dict")
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+            raise CryoInputError(path, "holds no weights (state_dict is not a set of named tensors)")
+        net = PickerNet(width=width)
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - torch raises many kinds for non-model files
-            raise CryoInputError(path, f"is not a model file ({type(exc).__name__})") from None
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            raise CryoInputError(path, "is not a napari-cryo picking model")
-        if payload.get("version", 0) > FORMAT_VERSION:
-            raise CryoInputError(path, f"was written by a newer napari-cryo (format {payload['version']})")
-        net = PickerNet(width=int(payload.get("width", 16)))
-        try:
-            net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
-        except (RuntimeError, KeyError) as exc:
-            raise CryoInputError(path, f"weights do not fit the picking network ({str(exc).splitlines()[0]})") from None
+            net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        except RuntimeError as exc:
+            raise CryoInputError(path, f"weights do not fit the picking network ({str(exc).splitlines()[0][:200]})") from None
         net.eval()
-        return cls(
-            net=net,
-            name=str(payload.get("name", path.stem)),
-            invert=bool(payload.get("invert", False)),
-            threshold=float(payload.get("threshold", 0.5)),
-            history=list(payload.get("history", [])),
-            width=int(payload.get("width", 16)),
-        )
+        return cls(net=net, width=width, **settings)
 
     @classmethod
     def generic(cls) -> "PickerModel":
@@ -181,6 +184,48 @@ class PickerModel:
         if name is not None:
             new.name = name
         return new
+
+
+def _read_payload(path: Path) -> dict[str, Any]:
+    """The model file's contents, unpickled without running code; its format and version checked."""
+    return load_model_payload(path, FORMAT, FORMAT_VERSION, "picking model", MAX_FILE_BYTES)
+
+
+def _integer(payload: dict[str, Any], key: str, default: int, low: int, high: int, path: Path) -> int:
+    """``payload[key]``, a whole number from ``low`` to ``high``."""
+    value = payload.get(key, default)
+    if type(value) is not int or not low <= value <= high:
+        raise CryoInputError(path, f"{key} must be a whole number from {low} to {high}, not {reprlib.repr(value)}")
+    return value
+
+
+def _real(payload: dict[str, Any], key: str, default: float, low: float, high: float, path: Path) -> float:
+    """``payload[key]``, a number from ``low`` to ``high`` (NaN and infinities fail the range test)."""
+    value = payload.get(key, default)
+    if type(value) not in (int, float) or not low <= value <= high:
+        raise CryoInputError(path, f"{key} must be a number from {low:g} to {high:g}, not {reprlib.repr(value)}")
+    return float(value)
+
+
+def _flag(payload: dict[str, Any], key: str, path: Path) -> bool:
+    value = payload.get(key, False)
+    if not isinstance(value, bool):
+        raise CryoInputError(path, f"{key} must be true or false, not {reprlib.repr(value)}")
+    return value
+
+
+def _name(value: Any, path: Path) -> str:
+    """A model name: text without control characters (it is shown and written into pick files)."""
+    if not isinstance(value, str) or len(value) > MAX_NAME_LENGTH or any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
+        raise CryoInputError(path, f"name must be text of at most {MAX_NAME_LENGTH} characters without control characters, not {reprlib.repr(value)}")
+    return value
+
+
+def _records(payload: dict[str, Any], key: str, path: Path) -> list[dict[str, Any]]:
+    value = payload.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+        raise CryoInputError(path, f"{key} must be a list of records")
+    return value
 
 
 def load_model(spec: str | os.PathLike | None) -> PickerModel:

@@ -53,7 +53,8 @@ def rescale(image: np.ndarray, factor: float) -> np.ndarray:
     """
     if abs(factor - 1.0) < 1e-6:
         return np.asarray(image, dtype=np.float32)
-    t = torch.as_tensor(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    # Writable as well as contiguous: torch warns on (and must not alias) a read-only memory map.
+    t = torch.as_tensor(np.require(image, np.float32, ["C", "W"]))[None, None]
     out_shape = (max(1, int(round(image.shape[0] * factor))), max(1, int(round(image.shape[1] * factor))))
     mode = "area" if factor < 1 else "bilinear"
     kwargs = {} if mode == "area" else {"align_corners": False}

@@ -2,13 +2,22 @@
 
 Writes ``DIR/volume.mrc`` (sharpened, low-passed at the FSC 0.143 resolution), ``DIR/half1.mrc`` and
 ``DIR/half2.mrc``, ``DIR/poses.star`` (the input rows with the estimated angles and origins),
-``DIR/progress.csv``, intermediate maps, ``DIR/fsc.png``, ``DIR/loss.png`` and ``DIR/directions.png``.
+``DIR/checkpoint.pt``, ``DIR/progress.csv``, intermediate maps, ``DIR/fsc.png``, ``DIR/loss.png`` and
+``DIR/directions.png``.
+
+Every input is checked before anything is written (particles, stacks, CTF and
+pixel sizes, boxes, settings), and so is the folder: a file of an earlier run
+there stops the command unless ``--resume`` continues that run or
+``--overwrite`` deletes the earlier run's files first.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import CryoInputError
@@ -22,11 +31,14 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
     d = ReconstructionSettings()
     parser.add_argument("particles", help="RELION particle STAR file (rlnImageName, CTF columns)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output directory; a file of an earlier run there (maps, plots, poses.star, checkpoint.pt, progress.csv, "
+                             "intermediate_*.mrc) stops the command unless --resume or --overwrite is given")
     parser.add_argument("--method", choices=METHODS, default=d.method,
                         help="cryospin (default: multi-head encoder, then per-particle poses), cryoai (one head, implicit decoder; "
                              "found no poses on the 2-CPU benchmark, see the user guide), or search (stochastic first map, then pose searches)")
-    parser.add_argument("--box", type=int, metavar="L", help="working box size in pixels (Fourier cropping; even; default: the image size)")
+    parser.add_argument("--box", type=int, metavar="L",
+                        help="working box size in pixels (Fourier cropping; even; default: the image size, less the last row and column when it is odd)")
     parser.add_argument("--max-minutes", type=float, default=d.max_minutes, metavar="T", help=f"time budget for pose inference (default {d.max_minutes:g})")
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--heads", type=int, default=d.heads, help=f"cryoSPIN encoder heads (default {d.heads})")
@@ -45,8 +57,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes, help=f"minutes between checkpoints (default {d.checkpoint_minutes:g})")
     parser.add_argument("--map-minutes", type=float, default=d.map_minutes, help=f"minutes between intermediate maps (default {d.map_minutes:g})")
-    parser.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt after an interruption")
-    parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in DIR")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from DIR/checkpoint.pt after an interruption (the run's files are kept and rewritten)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier run in DIR: once every input is checked, its files (final maps, plots, poses.star, "
+                             "checkpoint.pt, progress.csv and all intermediate_*.mrc) are deleted, so DIR never mixes two runs; "
+                             "other files are left alone")
     add_device_arg(parser)
 
 
@@ -54,33 +70,58 @@ def main(args: argparse.Namespace) -> int:
     """Run a reconstruction."""
     from ..device import describe_device, resolve_device
     from ..tasks import run_with_tqdm
-    from .controller import run_to_folder
+    from .controller import check_run, run_to_folder
     from .data import ParticleData
-    from .outputs import OUTPUT_FILES
+    from .run import RunFolder
     from .settings import ReconstructionSettings
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CryoInputError(out, "is a file; --out must be a directory")
-    existing = [name for name in OUTPUT_FILES if (out / name).exists()]
-    if existing and not (args.overwrite or args.resume):
-        raise CryoInputError(out / existing[0], "already exists (use --overwrite to replace it, or --resume to continue)")
     settings = ReconstructionSettings(
         method=args.method, batch_size=args.batch_size, max_minutes=args.max_minutes, heads=args.heads,
         switch_after=args.switch_after, amortized_box=args.amortized_box, pose_steps=args.pose_steps, seed=args.seed,
         global_rounds=args.global_rounds, collapse_scf=args.collapse_scf,
         checkpoint_minutes=args.checkpoint_minutes, map_minutes=args.map_minutes, first_map_batches=args.first_map_batches,
     )
+    folder = RunFolder(out, create=False)
+    # The folder first (cheap and the likeliest clash), then every input, and only then is anything deleted or written.
+    if not args.overwrite:
+        folder.prepare(resume=args.resume)
     data = ParticleData(args.particles, box=args.box, invert=args.invert, phase_flip=args.phase_flip)
+    check_run(data, settings)
+    device = resolve_device(args.device)
     for warning in data.warnings:
         print(f"napari-cryo reconstruct: warning: {warning}", file=sys.stderr)
-    device = resolve_device(args.device)
-    print(f"{len(data)} particles, box {data.box or data.original_box} at {data.pixel_size:.3g} Å; {settings.method} on {describe_device(device)}", file=sys.stderr)
+    removed = folder.prepare(overwrite=args.overwrite, resume=args.resume)
+    if removed:
+        print(f"napari-cryo reconstruct: deleted the earlier run's {len(removed)} files in {out} (--overwrite)", file=sys.stderr)
+    print(f"{len(data)} particles, box {data.box} at {data.pixel_size:.3g} Å; {settings.method} on {describe_device(device)}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
-    result = run_with_tqdm(run_to_folder(data, settings, out, resume=args.resume, device=device), "reconstruct")
+    with _checkpoint_warnings_as_lines():
+        result = run_with_tqdm(run_to_folder(data, settings, out, resume=args.resume, device=device, overwrite=args.overwrite), "reconstruct")
     px = result.pixel_size
     coverage = result.coverage
     if coverage.warning():
         print(f"napari-cryo reconstruct: warning: {coverage.warning()}", file=sys.stderr)
     print(f"{out / 'volume.mrc'}: resolution {result.resolution:.2f} Å at FSC 0.143 (half maps), {px:.3g} Å/px; {coverage.describe()}")
     return 0
+
+
+@contextlib.contextmanager
+def _checkpoint_warnings_as_lines() -> Iterator[None]:
+    """Print a checkpoint that could not be written as one warning line (before the run's own error, if any)."""
+    from .run import CheckpointNotSaved
+
+    shown = warnings.showwarning
+
+    def show(message, category, *rest, **kwargs) -> None:
+        if issubclass(category, CheckpointNotSaved):
+            print(f"napari-cryo reconstruct: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, *rest, **kwargs)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", CheckpointNotSaved)
+        warnings.showwarning = show
+        yield

@@ -110,9 +110,10 @@ def _fmt_res(value: float, unit: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.plot:
-        from ..io.atomic import check_writable
+    if args.plot:  # the one file written: checked before the maps are read (the output-folder policy)
+        from ..io.atomic import check_outputs, check_writable
 
+        check_outputs([args.plot], overwrite=args.overwrite)
         check_writable(args.plot, args.overwrite)
     result = compare_maps(args.map1, args.map2, align=args.align, mask=args.mask, pixel_size=args.pixel_size)
     curve, alignment, summary = result["curve"], result["alignment"], result["summary"]

@@ -5,7 +5,8 @@ the writing of its outputs) goes on in a worker; the map layer and the plots
 are updated on the main thread from what the worker yields.  Pause ends the
 run with a checkpoint, Resume continues it, Stop ends pose inference and
 makes the final map from the poses reached, Cancel abandons the run (its
-checkpoint stays).
+checkpoint stays).  Start into a folder that holds an earlier run asks before
+deleting that run's files; Resume continues the run there without asking.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from .controller import (
     MapLayer,
     Plot,
     ReconstructionSession,
+    check_run,
     particle_data,
     placeholder,
+    run_files,
 )
 from .run import ReconstructionResult
 from .settings import METHODS, ReconstructionSettings
@@ -96,7 +99,13 @@ class ReconstructionWidget(CryoView):
 
     @reports_input_errors
     def start(self, resume: bool = False):
-        """Start (or resume) a run in the background; returns its worker."""
+        """Start (or resume) a run in the background; returns its worker (None when refused).
+
+        Every input is checked first (one notification for a bad one).  A
+        new run into a folder that holds an earlier run's files asks before
+        deleting them (see :meth:`~.run.RunFolder.prepare`); Resume continues
+        that run and asks nothing.
+        """
         from ..device import resolve_device
 
         layer = self._layer.value
@@ -104,12 +113,15 @@ class ReconstructionWidget(CryoView):
         settings = ReconstructionSettings(
             method=str(self._method.value), max_minutes=float(self._minutes.value), map_minutes=float(self._map_every.value),
         )
+        check_run(data, settings)
         device = resolve_device(str(self._device.value))
         out = self._out_dir()
+        if not resume and not self.confirm_replace(run_files(out)):
+            return None
         for warning in data.warnings:
             self.notify(warning)
         self.session.prepare(data, out, resume)
-        return self.run(self.session.run, settings, resume, device, description="reconstructing",
+        return self.run(self.session.run, settings, resume, device, overwrite=not resume, description="reconstructing",
                         on_yield=self._on_value, on_returned=self._done)
 
     def pause(self) -> None:
@@ -133,7 +145,9 @@ class ReconstructionWidget(CryoView):
 
     @reports_input_errors
     def save_poses(self, path) -> Path | None:
-        """Write the estimated poses as a STAR file (the input rows plus angles and origins)."""
+        """Write the estimated poses as a STAR file (the input rows plus angles and origins); asks before replacing one."""
+        if not self.confirm_replace([path]):
+            return None
         return self.session.save_poses(path)
 
     def _done(self, result: ReconstructionResult | None) -> None:

@@ -37,11 +37,13 @@ from .outputs import (
     write_result_poses,
 )
 from .reconstruct import reconstruct
-from .run import CHECKPOINT, MapUpdate, ReconstructionResult
+from .run import CHECKPOINT, MapUpdate, ReconstructionResult, RunFolder
 from .settings import ReconstructionSettings
 
 #: The name of the map's layer in the viewer.
 MAP_LAYER = "reconstruction"
+#: Fewer particles give half maps of a handful of images each: no map, and an FSC that means nothing.
+MIN_PARTICLES = 10
 
 
 def particle_data(star: str | os.PathLike | None, layer_metadata: Mapping[str, Any] | None = None,
@@ -61,13 +63,44 @@ def particle_data(star: str | os.PathLike | None, layer_metadata: Mapping[str, A
     raise CryoInputError(None, "choose a particle STAR file or a particle stack layer opened from one")
 
 
+def check_run(data: ParticleData, settings: ReconstructionSettings) -> None:
+    """Check, before anything is written, what the run needs of its particles and settings together.
+
+    :class:`~.data.ParticleData` has checked the file itself (stacks, image
+    numbers, sizes, CTF values, pixel sizes) and the settings their own
+    ranges; this checks that they fit each other.
+
+    Raises
+    ------
+    CryoInputError
+        For too few particles, or an amortized box larger than the working box.
+    """
+    from .encoder_run import amortized_box
+
+    if len(data) < MIN_PARTICLES:
+        raise CryoInputError(data.star_path, f"holds {len(data)} particles; a reconstruction needs at least {MIN_PARTICLES}")
+    if settings.method != "search":
+        amortized_box(data.box, settings.shared_radius, settings.amortized_box)
+
+
+def run_files(out: str | os.PathLike) -> list[Path]:
+    """Every file a run into ``out`` writes that exists already (what Start would replace)."""
+    return [path for path in RunFolder(out, create=False).files() if path.exists()]
+
+
 def run_to_folder(data: ParticleData, settings: ReconstructionSettings, out: str | os.PathLike, resume: bool = False,
-                  device: torch.device | str = "cpu", stop=None, pause=None) -> Generator[Any, None, ReconstructionResult | None]:
+                  device: torch.device | str = "cpu", stop=None, pause=None,
+                  overwrite: bool = False) -> Generator[Any, None, ReconstructionResult | None]:
     """Run a reconstruction into ``out`` and write the finished run's maps, ``poses.star`` and plots there.
 
     A generator with the values of :func:`~.reconstruct.reconstruct`; returns
-    its result (None when paused, and then nothing more is written).
+    its result (None when paused, and then nothing more is written).  Before
+    anything is written the folder goes through the output-folder policy
+    (:meth:`~.run.RunFolder.prepare`): an earlier run's files stop the run
+    unless it resumes that run or ``overwrite`` deletes them.
     """
+    check_run(data, settings)
+    RunFolder(out, create=False).prepare(overwrite=overwrite, resume=resume)
     result = yield from reconstruct(data, settings, out, resume=resume, device=device, stop=stop, pause=pause)
     if result is not None:
         yield Progress(0, None, "writing the maps, poses and plots")
@@ -163,15 +196,17 @@ class ReconstructionSession:
         if not resume:
             self.history = []
 
-    def run(self, settings: ReconstructionSettings, resume: bool, device) -> Generator[Any, None, ReconstructionResult | None]:
+    def run(self, settings: ReconstructionSettings, resume: bool, device,
+            overwrite: bool = False) -> Generator[Any, None, ReconstructionResult | None]:
         """The run (for a worker): :func:`run_to_folder`, its maps as :class:`MapLayer`, its plots as :class:`Plot`.
 
         History records are kept in :attr:`history` as they come.  Returns
         the result, or None when paused or cancelled.  A cancelled run is
         closed here, in the worker, at its next value: it keeps its
         checkpoint, and the final files are written whole or not at all.
+        ``overwrite``: the user agreed to replace an earlier run in the folder.
         """
-        gen = run_to_folder(self.data, settings, self.out, resume, device, self._stop.is_set, self._pause.is_set)
+        gen = run_to_folder(self.data, settings, self.out, resume, device, self._stop.is_set, self._pause.is_set, overwrite=overwrite)
         try:
             while not self._cancel.is_set():
                 try:

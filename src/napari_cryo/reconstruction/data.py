@@ -13,8 +13,10 @@ memory map count towards the process's resident memory, so an epoch over a
 large data set would look (and, under memory pressure, behave) as if the
 whole stack were loaded.
 
-Each image goes through, in order: contrast inversion (optional), Fourier
-cropping to the working box, phase flipping (optional), normalisation to
+Images of an odd size lose their last row and column as they are read (the
+transforms, RELION's too, need an even box; the centre pixel ``L // 2`` and
+the pixel size stay the same).  Each image then goes through, in order:
+contrast inversion (optional), Fourier cropping to the working box, phase flipping (optional), normalisation to
 zero mean and unit standard deviation of the background, and a soft
 circular mask.
 """
@@ -324,8 +326,11 @@ class ParticleData:
         The whole particle table and its optics.
     n : int
         Number of particles (also ``len(data)``).
+    stack_box : int
+        Image size in the stacks.
     original_box, box : int
-        Image size in the stacks and working size after cropping.
+        Image size used (``stack_box``, less one when odd) and working size
+        after Fourier cropping.
     original_pixel_size, pixel_size : float
         Å per pixel of the stacks and of the working box.
     ctf : dict of str to numpy.ndarray, or None
@@ -344,7 +349,9 @@ class ParticleData:
         For an empty STAR file, no ``rlnImageName``, missing stacks, stacks
         with images of different or non-square sizes, an image number past
         the end of its stack, a bad ``box``, ``mask_radius`` or ``rows``,
-        non-numeric CTF values, or phase flipping without CTF columns.
+        some CTF columns without the others, non-numeric CTF values, pixel
+        sizes that are not positive numbers, or phase flipping without CTF
+        columns.
     """
 
     def __init__(
@@ -377,7 +384,13 @@ class ParticleData:
         index, stacks = parse_image_names(names, self.star_path)
         self._index = index
         self._readers, self._stack_id = self._open_stacks(stacks, index)
-        self.original_box = int(self._readers[0].shape[-1])
+        self.stack_box = int(self._readers[0].shape[-1])
+        self.original_box = self.stack_box - self.stack_box % 2
+        if self.original_box < 4:
+            raise CryoInputError(self._readers[0].path, f"images are {self.stack_box}x{self.stack_box} pixels, too small to reconstruct from")
+        if self.original_box != self.stack_box:
+            self.warnings.append(f"images are {self.stack_box}x{self.stack_box} pixels, an odd size: their last row and column are left out "
+                                 f"(box {self.original_box}, same centre and pixel size)")
         self.box = self._check_box(box)
         self.mask_radius = DEFAULT_MASK_RADIUS if mask_radius is None else float(mask_radius)
         if not (np.isfinite(self.mask_radius) and self.mask_radius > 0):
@@ -473,8 +486,9 @@ class ParticleData:
         if box is None:
             return self.original_box
         if int(box) != box or box < 4 or box % 2 or box > self.original_box:
+            odd = f" (the even part of {self.stack_box})" if self.stack_box != self.original_box else ""
             raise CryoInputError(
-                self.star_path, f"box {box} must be an even number of pixels from 4 to the image size {self.original_box}"
+                self.star_path, f"box {box} must be an even number of pixels from 4 to the image size {self.original_box}{odd}"
             )
         return int(box)
 
@@ -492,6 +506,10 @@ class ParticleData:
     def _read_ctf(self) -> dict[str, np.ndarray] | None:
         values = {key: self._column(column) for key, column in CTF_COLUMNS.items()}
         missing = [CTF_COLUMNS[k] for k, v in values.items() if v is None and k not in CTF_DEFAULTS]
+        present = [CTF_COLUMNS[k] for k, v in values.items() if v is not None and k not in CTF_DEFAULTS]
+        if missing and present:
+            # Half a CTF is a damaged file, not a data set without CTF: reconstructing without it would hide that.
+            raise CryoInputError(self.star_path, f"has {', '.join(present)} but no {', '.join(missing)}: the CTF needs them all")
         if missing:
             self.warnings.append(f"no CTF columns ({', '.join(missing)} missing): reconstructing without CTF correction")
             return None
@@ -503,11 +521,14 @@ class ParticleData:
         px = self.table.pixel_size(IMAGE_PIXEL_SIZE_COLUMNS)
         if px is not None:
             values = px.iloc[self.rows].to_numpy(dtype=float)
-            if np.isfinite(values).all() and (values > 0).all():
-                low, high = float(values.min()), float(values.max())
-                if high - low > 1e-3 * high:
-                    self.warnings.append(f"particles have pixel sizes from {low:g} to {high:g} Å; {values[0]:g} Å is used")
-                return float(values[0])
+            bad = np.flatnonzero(~(np.isfinite(values) & (values > 0)))
+            if len(bad):
+                row = int(self.rows[bad[0]])
+                raise CryoInputError(self.star_path, f"particle {row + 1} has no usable pixel size ({values[bad[0]]:g} Å); pixel sizes must be positive")
+            low, high = float(values.min()), float(values.max())
+            if high - low > 1e-3 * high:
+                self.warnings.append(f"particles have pixel sizes from {low:g} to {high:g} Å; {values[0]:g} Å is used")
+            return float(values[0])
         header = self._readers[0].pixel_size
         if header > 0:
             return float(header)
@@ -547,7 +568,8 @@ class ParticleData:
         Returns
         -------
         numpy.ndarray
-            (B, original_box, original_box) float32, in the order asked.
+            (B, original_box, original_box) float32, in the order asked
+            (an odd stack size without its last row and column).
 
         Raises
         ------
@@ -560,7 +582,7 @@ class ParticleData:
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(indices) and (indices.min() < 0 or indices.max() >= self.n):
             raise IndexError(f"particle indices must be in 0..{self.n - 1}")
-        size = self.original_box
+        size, stored = self.original_box, self.stack_box
         out = np.empty((len(indices), size, size), dtype=np.float32)
         stack, image = self._stack_id[indices], self._index[indices]
         order = np.lexsort((image, stack))  # per stack file, in file order
@@ -568,9 +590,9 @@ class ParticleData:
         for group in np.split(order, starts):
             if len(group) == 0:
                 continue
-            block = np.empty((len(group), size, size), dtype=np.float32)
+            block = np.empty((len(group), stored, stored), dtype=np.float32)
             self._readers[stack[group[0]]].read(image[group], block)
-            out[group] = block
+            out[group] = block[:, :size, :size]  # an odd size loses its last row and column; the centre L // 2 stays
         self._check_finite(out, indices)
         return out
 

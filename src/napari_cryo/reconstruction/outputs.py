@@ -12,7 +12,8 @@ from ..geometry import matrix_to_euler
 from ..io.star import ParticleTable, write_star
 from .coverage import ViewCoverage
 
-OUTPUT_FILES = ("volume.mrc", "half1.mrc", "half2.mrc", "poses.star", "fsc.png")
+#: What :func:`write_result` writes at the end of a run (``loss.png`` only when the run has a history).
+RESULT_FILES = ("volume.mrc", "half1.mrc", "half2.mrc", "poses.star", "fsc.png", "directions.png", "loss.png")
 
 
 def poses_table(table: pd.DataFrame, rotations: np.ndarray, shifts_angst: np.ndarray) -> pd.DataFrame:

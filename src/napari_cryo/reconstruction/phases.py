@@ -74,13 +74,12 @@ def run_encoder_method(data, settings: ReconstructionSettings, folder: RunFolder
         folder.save(run.state())
     except ReconstructionDiverged:
         raise  # the last good checkpoint stays
-    except BaseException:
-        # Cancelled (the generator closed) or failed: keep what was learnt so that resume continues from here.
-        if run.phase != "done" and run.epoch > 0:
-            try:
-                folder.save(run.state())
-            except Exception:  # noqa: BLE001 - never mask the original error
-                pass
+    except BaseException as exc:
+        # Cancelled (the generator closed) or failed: keep what was learnt so that resume continues from here,
+        # unless writing the checkpoint is what failed (a full disk): trying again would only fail again.
+        checkpoint_failed = folder.checkpoint is not None and getattr(exc, "path", None) == str(folder.checkpoint)
+        if run.phase != "done" and run.epoch > 0 and not checkpoint_failed:
+            folder.save_last(run.state())
         raise
     if control.paused():
         return None

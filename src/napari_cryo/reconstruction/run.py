@@ -3,7 +3,9 @@
 - :class:`RunControl`: the clock (resumed runs count their earlier time),
   the time budget and the user's Stop and Pause, with one :meth:`~RunControl.halted`.
 - :class:`RunFolder`: everything a run writes while it runs: the checkpoint,
-  ``progress.csv`` and the intermediate maps (a run without a folder writes nothing).
+  ``progress.csv`` and the intermediate maps (a run without a folder writes nothing);
+  :meth:`RunFolder.files` lists every file a run writes there, final outputs included,
+  and :meth:`RunFolder.prepare` applies the output-folder policy to them before a run starts.
 - :class:`MapUpdate` and :class:`ReconstructionResult`: what a run yields and returns.
 """
 
@@ -14,6 +16,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +26,17 @@ import numpy as np
 import torch
 
 from ..errors import CryoInputError
-from ..io.atomic import atomic_path
+from ..io.atomic import atomic_path, check_outputs, remove_stale_partials
+from ..io.torch_files import archive_problem, save_torch
 from .coverage import ViewCoverage, view_coverage
 
 CHECKPOINT = "checkpoint.pt"
 PROGRESS = "progress.csv"
 PROGRESS_COLUMNS = ("elapsed_s", "phase", "epoch", "loss", "pose_change_deg", "map", "resolution_A")
+#: Every intermediate map of a run matches this pattern, whatever its number.
+INTERMEDIATE_MAPS = "intermediate_*.mrc"
+#: What to do about a file of an earlier run (the output-folder policy's hint).
+CLASH_HINT = "use --overwrite to replace the earlier run, or --resume to continue it"
 #: Bumped when the networks' layers change, so that an older checkpoint is refused with a message, not a traceback.
 CHECKPOINT_FORMAT = 4
 
@@ -176,12 +184,21 @@ def _for_saving(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _from_saved(state: Any) -> Any:
-    """Undo :func:`_for_saving`: the arrays the run saved come back as numpy arrays."""
+def _from_saved(state: Any, path: str | Path) -> Any:
+    """Undo :func:`_for_saving`: the arrays the run saved come back as numpy arrays.
+
+    Raises
+    ------
+    CryoInputError
+        If the list of arrays names something that is not a saved tensor.
+    """
     if not isinstance(state, dict):
         return state
     state = dict(state)
-    for key in state.pop(_NUMPY_KEYS, []):
+    keys = state.pop(_NUMPY_KEYS, [])
+    if not isinstance(keys, list) or not all(isinstance(state.get(k), torch.Tensor) for k in keys):
+        raise CryoInputError(path, "is not a checkpoint of a reconstruction run (its list of arrays is wrong)")
+    for key in keys:
         state[key] = state[key].cpu().numpy()
     return state
 
@@ -190,9 +207,29 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Any
     """A run's checkpoint as the run saved it.
 
     It loads with ``weights_only``: a checkpoint from a shared folder can hold tensors and
-    plain values, never code (a pickle that would run code raises ``UnpicklingError``).
+    plain values, never code.  A file that is not a torch archive (a bare pickle, an old
+    torch format) is refused unread.
+
+    Raises
+    ------
+    CryoInputError
+        Naming the file, if it is missing, not a torch archive, would need
+        code to load (a crafted pickle) or is damaged.
     """
-    return _from_saved(torch.load(path, map_location=device, weights_only=True))
+    if not Path(path).is_file():
+        raise CryoInputError(path, "checkpoint not found")
+    problem = archive_problem(path)
+    if problem:
+        raise CryoInputError(path, f"is not a checkpoint ({problem})")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for damaged or unsafe files
+        raise CryoInputError(path, f"cannot be read safely as a checkpoint ({type(exc).__name__})") from None
+    return _from_saved(state, path)
+
+
+class CheckpointNotSaved(UserWarning):
+    """The last checkpoint of a failed or cancelled run could not be written (the run's own error is reported too)."""
 
 
 class RunFolder:
@@ -201,18 +238,66 @@ class RunFolder:
     Parameters
     ----------
     out : path or None
-        The folder (created if missing); None: a run that writes nothing.
+        The folder; None: a run that writes nothing.
+    create : bool
+        Create the folder if missing (not when only checking it, see :meth:`prepare`).
     """
 
-    def __init__(self, out: Path | str | None) -> None:
+    def __init__(self, out: Path | str | None, create: bool = True) -> None:
         self.out = Path(out) if out is not None else None
-        if self.out is not None:
+        self._progress: list[dict[str, Any]] = []  # the rows of progress.csv, rewritten atomically on each row
+        if self.out is not None and create:
             self.out.mkdir(parents=True, exist_ok=True)
 
     @property
     def checkpoint(self) -> Path | None:
         """The checkpoint's path (None without a folder)."""
         return self.out / CHECKPOINT if self.out is not None else None
+
+    def files(self) -> list[Path]:
+        """Every file a run writes in the folder, for the output-folder policy.
+
+        The checkpoint, ``progress.csv``, the final maps, poses and plots
+        (:data:`~.outputs.RESULT_FILES`) and every intermediate map there
+        now: their names count up, so any file matching
+        :data:`INTERMEDIATE_MAPS` belongs to a run.  Empty without a folder.
+        """
+        if self.out is None:
+            return []
+        from .outputs import RESULT_FILES
+
+        maps = sorted(self.out.glob(INTERMEDIATE_MAPS)) if self.out.is_dir() else []
+        return [self.out / name for name in (CHECKPOINT, PROGRESS, *RESULT_FILES)] + maps
+
+    def prepare(self, overwrite: bool = False, resume: bool = False) -> list[Path]:
+        """Apply the output-folder policy before a run writes anything; return the earlier run's files deleted.
+
+        A file of :meth:`files` that exists belongs to an earlier run.  With
+        ``resume`` and its checkpoint present the run continues that run and
+        rewrites them.  With ``overwrite`` they are deleted now, the
+        intermediate maps this run would not rewrite and the final outputs
+        included, so that the folder never holds the files of two runs (a
+        new run stopped early would otherwise leave the old maps beside its
+        own).  Otherwise the run stops before writing anything.
+
+        Raises
+        ------
+        CryoInputError
+            Naming the first file of an earlier run (neither flag applies),
+            or a directory where a run writes a file.
+        """
+        can_resume = self.checkpoint is not None and self.checkpoint.is_file()
+        # --resume without a checkpoint has nothing to continue: the earlier run's files are then a clash like any other.
+        hint = CLASH_HINT if can_resume or not resume else f"there is no {CHECKPOINT} to resume from; use --overwrite to start again"
+        resume = resume and can_resume
+        files = check_outputs(self.files(), overwrite=overwrite, resume=resume, hint=hint)
+        if resume or not overwrite or self.out is None:
+            return []
+        removed = [path for path in files if path.is_file()]
+        for path in removed:
+            path.unlink()
+        remove_stale_partials(self.out)
+        return removed
 
     def start_or_resume(self, key: str, resume: bool, device: torch.device | str = "cpu") -> dict[str, Any] | None:
         """The checkpoint to continue from (``resume``), else None after clearing an old ``progress.csv``.
@@ -223,24 +308,60 @@ class RunFolder:
             If the checkpoint cannot be read or belongs to another run (``key``).
         """
         out = self.out
+        if out is not None:
+            remove_stale_partials(out)  # temporary files of a run that was killed mid-write
         if resume and out is not None and (out / CHECKPOINT).exists():
             try:
                 state = load_checkpoint(out / CHECKPOINT, device)
-            except Exception as exc:  # noqa: BLE001 - a damaged or unsafe checkpoint is reported, not silently dropped
-                raise CryoInputError(out / CHECKPOINT, f"cannot be read to resume ({type(exc).__name__})") from None
+            except CryoInputError as exc:  # a damaged or unsafe checkpoint is reported, not silently dropped
+                raise CryoInputError(out / CHECKPOINT, f"cannot be read to resume: {exc.problem}") from None
             if not isinstance(state, dict) or state.get("key") != key:
                 raise CryoInputError(out / CHECKPOINT, "belongs to other particles, other settings or an older napari-cryo; start without --resume or use another --out")
+            self._progress = self._rows_until(float(state.get("elapsed", 0.0)))
             return state
         if out is not None and (out / PROGRESS).exists():
             (out / PROGRESS).unlink()
+        self._progress = []
         return None
+
+    def _rows_until(self, elapsed: float) -> list[dict[str, Any]]:
+        """The rows of an earlier ``progress.csv`` up to the checkpoint's time (later work was lost with the kill)."""
+        path = self.out / PROGRESS
+        if not path.is_file():
+            return []
+        try:
+            with open(path, newline="") as fh:
+                rows = list(csv.DictReader(fh))
+        except (OSError, csv.Error, UnicodeDecodeError):
+            return []  # a log, not a result: a damaged one is started again
+        kept = []
+        for row in rows:
+            try:
+                if float(row.get("elapsed_s") or "nan") <= elapsed + 1e-6:
+                    kept.append({k: row.get(k) or "" for k in PROGRESS_COLUMNS})
+            except ValueError:
+                continue
+        return kept
 
     def save(self, state: dict[str, Any]) -> None:
         """Write the run's checkpoint atomically."""
         if self.out is None:
             return
-        with atomic_path(self.out / CHECKPOINT, overwrite=True) as tmp:
-            torch.save(_for_saving(state), tmp)
+        save_torch(_for_saving(state), self.out / CHECKPOINT)
+
+    def save_last(self, state: dict[str, Any]) -> None:
+        """Write the last checkpoint of a failed or cancelled run.
+
+        Its caller is handling the run's own error, which a second one must
+        not mask: a failure here is a :class:`CheckpointNotSaved` warning
+        naming the file, not an exception.
+        """
+        try:
+            self.save(state)
+        except Exception as exc:  # noqa: BLE001 - reported as a warning, the run's own error follows
+            reason = exc.problem if isinstance(exc, CryoInputError) else f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"{self.out / CHECKPOINT}: the last checkpoint was not written ({reason}); "
+                          "--resume continues from the one before, if any", CheckpointNotSaved, stacklevel=2)
 
     def write_map(self, written: list[str], volume: np.ndarray, pixel_size: float) -> Path | None:
         """Write the next ``intermediate_NNN.mrc`` (atomically) and add its name to ``written``."""
@@ -254,16 +375,15 @@ class RunFolder:
         return path
 
     def write_progress(self, row: dict[str, Any]) -> None:
-        """Append a row to ``progress.csv`` (the header first); keys outside :data:`PROGRESS_COLUMNS` are left out."""
+        """Add a row to ``progress.csv``; keys outside :data:`PROGRESS_COLUMNS` are left out."""
         if self.out is None:
             return
-        path = self.out / PROGRESS
-        new = not path.exists()
-        with open(path, "a", newline="") as fh:
+        self._progress.append({k: row.get(k, "") for k in PROGRESS_COLUMNS})
+        # Rewritten whole and atomically (a few kB): a kill or a full disk never leaves half a row.
+        with atomic_path(self.out / PROGRESS, overwrite=True) as tmp, open(tmp, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(PROGRESS_COLUMNS))
-            if new:
-                writer.writeheader()
-            writer.writerow({k: row.get(k, "") for k in writer.fieldnames})
+            writer.writeheader()
+            writer.writerows(self._progress)
 
     def log(self, history: list[dict[str, Any]], record: dict[str, Any], map_path: Path | None = None) -> dict[str, Any]:
         """Keep ``record`` in the run's ``history`` and write it to ``progress.csv`` (with the map written for it)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass
 
 from ..errors import CryoInputError
@@ -106,6 +107,26 @@ class ReconstructionSettings:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise CryoInputError(None, f"unknown method '{self.method}' (use {' or '.join(METHODS)})")
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """Refuse values no run can use, at once rather than minutes into the run."""
+        at_least = {"batch_size": (1, "--batch-size"), "pose_batch_size": (1, ""), "heads": (1, "--heads"),
+                    "pose_steps": (1, "--pose-steps"), "global_rounds": (0, "--global-rounds"),
+                    "first_map_batches": (1, "--first-map-batches"), "patience": (1, "")}
+        for name, (low, option) in at_least.items():
+            value = getattr(self, name)
+            if int(value) != value or value < low:
+                raise CryoInputError(None, f"{option or name.replace('_', ' ')} must be a whole number of at least {low}, got {value}")
+        positive = {"max_minutes": "--max-minutes", "checkpoint_minutes": "--checkpoint-minutes", "map_minutes": "--map-minutes"}
+        for name, option in positive.items():
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise CryoInputError(None, f"{option} must be a positive number of minutes, got {value}")
+        if self.switch_after is not None and not (math.isfinite(self.switch_after) and self.switch_after >= 0):
+            raise CryoInputError(None, f"--switch-after must be zero or more minutes, got {self.switch_after}")
+        if self.amortized_box is not None and (int(self.amortized_box) != self.amortized_box or self.amortized_box % 2 or self.amortized_box < 16):
+            raise CryoInputError(None, f"--amortized-box must be an even number of pixels from 16 to the working box, got {self.amortized_box}")
 
     def key(self) -> str:
         """What a checkpoint must match to be resumed (the time budget may change)."""

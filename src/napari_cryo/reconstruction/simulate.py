@@ -132,9 +132,9 @@ def simulate_dataset(
     import torch
 
     from ..geometry import euler_to_matrix
-    from ..io.atomic import atomic_path, check_writable
-    from ..io.star import write_star
+    from ..io.atomic import atomic_path, check_outputs
     from ..io.mrc import write_mrc
+    from ..io.star import write_star
     from ..synthetic.structures import random_rotations
     from .physics import central_slices, ctf_2d, fourier_crop_volume, shift_images, volume_to_fourier
 
@@ -142,14 +142,14 @@ def simulate_dataset(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise CryoInputError(out, "exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {name: check_writable(out / name, overwrite) for name in OUTPUT_FILES}
-    device = torch.device("cpu") if device is None else device
-
     size = volume.shape[0]
     box = settings.box or size
     if box % 2:
         raise CryoInputError(None, f"the box must be even; the map is {size} pixels, give an even --box")
+    # Every output is checked before the first is written (the output-folder policy).
+    paths = dict(zip(OUTPUT_FILES, check_outputs([out / name for name in OUTPUT_FILES], overwrite=overwrite)))
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cpu") if device is None else device
     px = pixel_size * size / box
     vol = torch.as_tensor(volume, dtype=torch.float32) - _border_mean(volume)
     vol = fourier_crop_volume(vol, box)

@@ -1,4 +1,9 @@
-"""Tomogram segmentation: ``napari-cryo segment train | group | apply | pick | mesh``."""
+"""Tomogram segmentation: ``napari-cryo segment train | group | apply | pick | mesh``.
+
+Every step lists every file it will write and checks its inputs before it
+writes any: a file that exists stops it (exit 2, one line naming the file)
+unless ``--overwrite`` (or, for ``train``, ``--resume``) is given.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ..errors import CryoInputError
+from ..io.names import safe_file_stem
 
 HELP = "tomogram segmentation: train per-feature models, group them with interactions, apply, pick, mesh"
 
@@ -21,7 +27,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     t = sub.add_parser(
         "train",
         help="train one model per feature from painted slices",
-        description="Train one model per feature from painted tomogram slices. With several --feature, writes one model per feature (OUT_<feature>.scnm) unless --out is a directory.",
+        description="Train one model per feature from painted tomogram slices. With several --feature, writes one model per feature (OUT_<feature>.scnm) "
+                    "unless --out is a directory. Beside each model: its loss plot (.loss.png) and, while training, its checkpoint (.ckpt).",
     )
     t.add_argument("tomograms", nargs="+", help="tomogram MRC files")
     t.add_argument("--labels", nargs="+", required=True, metavar="MRC", help="painted label volumes, one per tomogram, in the same order")
@@ -40,8 +47,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--pixel-size", type=float, metavar="A", help="pixel size of tomograms whose header has none")
     t.add_argument("--threshold", type=float, default=0.5, help="default threshold stored in the model")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--resume", action="store_true", help="resume from OUT.ckpt after an interruption")
-    t.add_argument("--overwrite", action="store_true")
+    t.add_argument("--resume", action="store_true",
+                   help="continue an interrupted training: a feature whose model was written is kept, the others resume from their .ckpt")
+    t.add_argument("--overwrite", action="store_true", help="replace existing models, loss plots and checkpoints (training starts afresh)")
     add_device_arg(t)
 
     a = sub.add_parser("architectures", help="list the available architectures")
@@ -53,14 +61,14 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--emit", action="append", default=[], metavar="MODEL", help="a model that competes by emitting (repeat)")
     g.add_argument("--absorb", action="append", default=[], metavar="MODEL", help="a model zeroed where any emitting model scores higher (repeat)")
     g.add_argument("--out", required=True, metavar="GROUP.scnmgroup")
-    g.add_argument("--overwrite", action="store_true")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing group file")
 
     p = sub.add_parser("apply", help="segment tomograms with a model or a group", description="Segment tomograms; writes DIR/<tomogram>__<feature>.mrc per tomogram and feature, after interactions.")
     p.add_argument("model", help=".scnm or .scnmgroup file")
     p.add_argument("tomograms", nargs="+", help="tomogram MRC files")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (created if needed)")
     p.add_argument("--pixel-size", type=float, metavar="A", help="pixel size of tomograms whose header has none")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace existing segmentations (all are checked before the first is written)")
     add_device_arg(p)
 
     k = sub.add_parser("pick", help="pick particles from a segmentation")
@@ -71,7 +79,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     k.add_argument("--no-separate", action="store_true", help="do not split touching particles (plain connected components)")
     k.add_argument("--out", required=True, metavar="COORDS.star", help="STAR (.star, rlnCoordinateX/Y/Z in pixels) or tab-separated text (.tsv/.txt)")
     k.add_argument("--pixel-size", type=float, metavar="A")
-    k.add_argument("--overwrite", action="store_true")
+    k.add_argument("--overwrite", action="store_true", help="replace an existing coordinates file")
 
     m = sub.add_parser("mesh", help="surface mesh (.obj, in Å) of a segmentation")
     m.add_argument("segmentation", help="segmentation MRC (probabilities)")
@@ -80,29 +88,36 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--step", type=int, default=1, help="marching-cubes step (2+ gives coarser, smaller meshes)")
     m.add_argument("--out", required=True, metavar="MESH.obj")
     m.add_argument("--pixel-size", type=float, metavar="A")
-    m.add_argument("--overwrite", action="store_true")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing mesh file")
 
 
-def _model_outputs(out: str, features: list, overwrite: bool) -> list[Path]:
-    from ..io.atomic import check_writable
-
+def _model_paths(out: str, features: list) -> list[Path]:
+    """The model file of each feature: ``--out`` itself (one feature), ``DIR/<feature>.scnm`` or ``OUT_<feature>.scnm``."""
     target = Path(out)
     if len(features) == 1 and not target.is_dir():
-        paths = [target if target.suffix == ".scnm" else target.with_suffix(".scnm")]
-    elif target.is_dir():
-        paths = [target / f"{f.name}.scnm" for f in features]
-    else:
-        stem = target.with_suffix("") if target.suffix == ".scnm" else target
-        paths = [stem.parent / f"{stem.name}_{f.name}.scnm" for f in features]
-    for p in paths:
-        check_writable(p, overwrite=overwrite)
-    return paths
+        return [target if target.suffix == ".scnm" else target.with_suffix(".scnm")]
+    if target.is_dir():
+        return [target / f"{safe_file_stem(f.name)}.scnm" for f in features]
+    stem = target.with_suffix("") if target.suffix == ".scnm" else target
+    return [stem.parent / f"{stem.name}_{safe_file_stem(f.name)}.scnm" for f in features]
+
+
+def _training_files(model: Path) -> tuple[Path, Path, Path]:
+    """What training one feature writes: the model, its loss plot and (while it trains) its checkpoint."""
+    return model, model.with_suffix(".loss.png"), model.with_suffix(".ckpt")
+
+
+def _trained_before(model: Path, resume: bool) -> bool:
+    """Whether ``--resume`` keeps this feature: its model was written and no checkpoint says training went on."""
+    return resume and model.is_file() and not model.with_suffix(".ckpt").exists()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..device import describe_device, resolve_device
+    from ..io.atomic import check_outputs
     from ..plots import loss_figure, save_figure
     from ..tasks import run_with_tqdm
+    from ..training_loop import print_events
     from . import architectures
     from .dataset import AnnotatedTomogram, BoxSettings
     from .features import check_unique, parse_feature
@@ -113,7 +128,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     arch = architectures.get(args.architecture)
     if len(args.labels) != len(args.tomograms):
         raise CryoInputError(None, f"{len(args.tomograms)} tomograms but {len(args.labels)} label volumes; give one --labels file per tomogram")
-    outputs = _model_outputs(args.out, features, args.overwrite)
+    models = _model_paths(args.out, features)
+    for model in models:
+        if not model.parent.is_dir():
+            raise CryoInputError(model, f"directory {model.parent} does not exist")
+    check_outputs([f for m in models for f in _training_files(m)], overwrite=args.overwrite, resume=args.resume,
+                  hint="use --overwrite to train again, or --resume to continue an interrupted training")
     device = resolve_device(args.device)
     tomograms = []
     for tomo_path, label_path in zip(args.tomograms, args.labels):
@@ -129,16 +149,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     print(f"training {len(features)} model(s) ({arch.name}) on {describe_device(device)}", file=sys.stderr)
-    for feature, out in zip(features, outputs):
-        checkpoint = out.with_suffix(".ckpt")
-        if not args.resume and checkpoint.exists():
-            checkpoint.unlink()
+    for feature, out in zip(features, models):
+        if _trained_before(out, args.resume):
+            print(f"{out}: {feature.name}, trained before; kept (--overwrite trains it again)")
+            continue
+        _, loss_png, checkpoint = _training_files(out)
+        if not args.resume:
+            # --overwrite: an old checkpoint with the same settings would otherwise be resumed from.
+            checkpoint.unlink(missing_ok=True)
         gen = train_feature(tomograms, feature, arch.name, settings, args.model_pixel_size, checkpoint, device)
-        model = run_with_tqdm(gen, f"{feature.name}")
+        model = run_with_tqdm(gen, f"{feature.name}", print_events)
         model.threshold = args.threshold
-        model.save(out, overwrite=args.overwrite)
+        model.save(out, overwrite=True)  # the policy was applied above, for every file at once
         figure = loss_figure(model.history, title=f"{feature.name} ({arch.name})")
-        save_figure(figure, out.with_suffix(".loss.png"))
+        save_figure(figure, loss_png, overwrite=True)
         checkpoint.unlink(missing_ok=True)
         print(f"{out}: {feature.name}, final loss {model.final_loss:.4f}, {model.n_parameters} parameters")
     return 0
@@ -154,10 +178,11 @@ def cmd_architectures(args: argparse.Namespace) -> int:
 
 
 def cmd_group(args: argparse.Namespace) -> int:
-    from ..io.atomic import check_writable
+    from ..io.atomic import check_outputs, check_writable
     from .group import ModelGroup, load_models
     from .interactions import InteractionGraph, parse_interaction
 
+    check_outputs([args.out], overwrite=args.overwrite)
     check_writable(args.out, overwrite=args.overwrite)
     group = load_models(args.models)
     graph = InteractionGraph(
@@ -173,36 +198,52 @@ def cmd_group(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     from ..device import resolve_device
-    from ..io.atomic import check_writable
+    from ..io.atomic import check_outputs
     from ..tasks import run_with_tqdm
-    from .files import load_volume, segmentation_path, write_segmentation
+    from .files import load_volume, write_segmentation
     from .group import load_models
 
     group = load_models([args.model])
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise CryoInputError(out_dir, "is a file; --out must be a directory")
-    # Check every input and output before the long work, so a bad file fails fast.
+    # Every input and every output of every tomogram is checked before the long work, so a bad file or a clash
+    # on the last tomogram fails at once and writes nothing.
     volumes = [load_volume(p, args.pixel_size) for p in args.tomograms]
+    outputs = _apply_outputs(out_dir, [vol.path for vol in volumes], group.titles)
+    check_outputs([path for per_tomogram in outputs for path in per_tomogram.values()], overwrite=args.overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for vol in volumes:
-        for title in group.titles:
-            check_writable(segmentation_path(out_dir, vol.path, title), overwrite=args.overwrite)
     device = resolve_device(args.device)
-    for vol in volumes:
+    for vol, paths in zip(volumes, outputs):
         result = run_with_tqdm(group.apply(vol.data, vol.pixel_size, device), vol.path.name)
         for title, probs in result.items():
-            path = segmentation_path(out_dir, vol.path, title)
-            write_segmentation(path, probs, vol.pixel_size, vol.origin, title, overwrite=args.overwrite)
-            print(path)
+            write_segmentation(paths[title], probs, vol.pixel_size, vol.origin, title, overwrite=True)
+            print(paths[title])
     return 0
 
 
+def _apply_outputs(out_dir: Path, tomograms: list[Path], titles: list[str]) -> list[dict[str, Path]]:
+    """Per tomogram, feature -> its segmentation file; two tomograms that would write the same file are refused."""
+    from .files import segmentation_path
+
+    outputs, seen = [], {}
+    for tomogram in tomograms:
+        paths = {title: segmentation_path(out_dir, tomogram, title) for title in titles}
+        for path in paths.values():
+            if path in seen:
+                why = "is given twice" if seen[path] == tomogram else f"would write {path.name} as {seen[path]} does; give the tomograms different names"
+                raise CryoInputError(tomogram, why)
+            seen[path] = tomogram
+        outputs.append(paths)
+    return outputs
+
+
 def cmd_pick(args: argparse.Namespace) -> int:
-    from ..io.atomic import check_writable
+    from ..io.atomic import check_outputs, check_writable
     from .files import load_volume, tomogram_name
     from .particles import PickSettings, pick_particles, write_picks
 
+    check_outputs([args.out], overwrite=args.overwrite)
     out = check_writable(args.out, overwrite=args.overwrite)
     vol = load_volume(args.segmentation, args.pixel_size, what="segmentation")
     settings = PickSettings(threshold=args.threshold, min_volume=args.min_volume, min_spacing=args.min_spacing, separate=not args.no_separate)
@@ -213,10 +254,11 @@ def cmd_pick(args: argparse.Namespace) -> int:
 
 
 def cmd_mesh(args: argparse.Namespace) -> int:
-    from ..io.atomic import check_writable
+    from ..io.atomic import check_outputs, check_writable
     from .files import load_volume
     from .meshes import mesh_from_volume, write_obj
 
+    check_outputs([args.out], overwrite=args.overwrite)
     check_writable(args.out, overwrite=args.overwrite)
     vol = load_volume(args.segmentation, args.pixel_size, what="segmentation")
     mesh = mesh_from_volume(vol.data, args.level, vol.pixel_size, min_volume=args.min_volume, step=args.step, origin=vol.origin)

@@ -36,12 +36,14 @@ class ModelPanel(Container):
         ``notify(message, error=False)``: the view's status line and notifications.
     run : callable
         The view's :meth:`~napari_cryo._view.CryoView.run`: model files are read and written as tasks.
+    confirm : callable
+        The view's :meth:`~napari_cryo._view.CryoView.confirm_replace`: asked before a file is replaced.
     """
 
     def __init__(self, controller: SegmentationController, on_change: Callable[[], Any], notify: Callable[..., None],
-                 run: Callable[..., Any]) -> None:
+                 run: Callable[..., Any], confirm: Callable[[Any], bool]) -> None:
         super().__init__(labels=True)
-        self.controller, self.on_change, self.notify, self.run = controller, on_change, notify, run
+        self.controller, self.on_change, self.notify, self.run, self.confirm = controller, on_change, notify, run, confirm
         titles = lambda *_: list(controller.session.models)  # napari re-reads choices on reset_choices
         self.model = ComboBox(label="model", choices=titles)
         self.threshold = FloatSlider(label="threshold", min=0.01, max=0.99, step=0.01, value=0.5)
@@ -123,15 +125,21 @@ class ModelPanel(Container):
 
     @reports_input_errors
     def save_model(self, path):
-        """Save the chosen model as ``.scnm`` in the background."""
+        """Save the chosen model as ``.scnm`` in the background (asking before replacing a file)."""
         title = self.model.value
-        return self.run(self.controller.save_model(title, path), description="saving model", on_returned=lambda p: self.notify(f"saved {title} to {p}"))
+        job = self.controller.save_model(title, path, overwrite=True)  # checks there is a model before asking
+        if not self.confirm([self.controller.model_path(path)]):
+            return None
+        return self.run(job, description="saving model", on_returned=lambda p: self.notify(f"saved {title} to {p}"))
 
     @reports_input_errors
     def save_group(self, path):
-        """Save every model and the interactions as ``.scnmgroup`` in the background."""
+        """Save every model and the interactions as ``.scnmgroup`` in the background (asking before replacing a file)."""
         message = f"saved {len(self.session.models)} models and {len(self.session.graph.interactions)} interactions to"
-        return self.run(self.controller.save_group(path), description="saving models", on_returned=lambda p: self.notify(f"{message} {p}"))
+        job = self.controller.save_group(path, overwrite=True)
+        if not self.confirm([self.controller.group_path(path)]):
+            return None
+        return self.run(job, description="saving models", on_returned=lambda p: self.notify(f"{message} {p}"))
 
     # ------------------------------------------------------------ interactions
     def _make_table(self):

@@ -4,6 +4,7 @@ A thin napari widget over :class:`.controller.SegmentationController`: it reads 
 and layers on the main thread, runs the controller's jobs as tasks (:class:`~.._view.CryoView`)
 and adds the layer-data tuples they return (:mod:`._display_widget`, which also runs the
 live preview).  The models and interactions panel is :class:`._models_widget.ModelPanel`.
+Saving asks before it replaces a file (:meth:`~.._view.CryoView.confirm_replace`).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class SegmentationWidget(CryoView):
         self._validation = FloatSpinBox(label="validation", min=0.0, max=0.5, step=0.05, value=0.0)
         self._train = _button("Train feature", lambda: self.train([self._feature.value] if self._feature.value else []))
         self._train_all = _button("Train all features", lambda: self.train([f.name for f in self.features()]))
-        self.models = ModelPanel(self.controller, self.update_preview, self.notify, self.run)
+        self.models = ModelPanel(self.controller, self.update_preview, self.notify, self.run, self.confirm_replace)
         self._live = CheckBox(text="live preview of the current slice", value=False)
         self._segment = _button("Segment whole tomogram", self.segment)
         self._out_dir = FileEdit(label="save to", mode="d")
@@ -198,8 +199,11 @@ class SegmentationWidget(CryoView):
 
     @reports_input_errors
     def save_segmentations(self, directory):
-        """Write ``<tomogram>__<feature>.mrc`` for the chosen tomogram's segmentations."""
-        job = self.controller.save_segmentations(self._tomo(), directory)
+        """Write ``<tomogram>__<feature>.mrc`` for the chosen tomogram's segmentations (asking before replacing any)."""
+        tomo = self._tomo()
+        if not self.confirm_replace(self.controller.segmentation_paths(tomo, directory).values()):
+            return None
+        job = self.controller.save_segmentations(tomo, directory, overwrite=True)
         return self.run(job, description="saving segmentations", on_returned=lambda paths: self.notify(f"wrote {len(paths)} segmentations to {directory}"))
 
     @reports_input_errors
@@ -222,7 +226,9 @@ class SegmentationWidget(CryoView):
         layer = find_output(self.viewer, f"{tomo.key}/picks/{self._pick_feature.value}")
         if layer is None:
             raise CryoInputError(None, "pick particles first")
-        written = self.controller.export_picks(path, tomo, layer)
+        if not self.confirm_replace([path]):
+            return None
+        written = self.controller.export_picks(path, tomo, layer, overwrite=True)
         self.notify(f"wrote {len(layer.data)} picks to {written}")
         return written
 
@@ -240,6 +246,8 @@ class SegmentationWidget(CryoView):
 
     @reports_input_errors
     def save_mesh(self, path):
-        """Write the chosen feature's mesh as OBJ in Å."""
-        job = self.controller.save_mesh(self._tomo(), self._pick_feature.value, path)
+        """Write the chosen feature's mesh as OBJ in Å (asking before replacing a file)."""
+        job = self.controller.save_mesh(self._tomo(), self._pick_feature.value, path, overwrite=True)  # checks there is a mesh before asking
+        if not self.confirm_replace([path]):
+            return None
         return self.run(job, description="saving mesh", on_returned=lambda written: self.notify(f"wrote {written}"))

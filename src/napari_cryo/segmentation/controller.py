@@ -7,6 +7,10 @@ are read on the main thread into :class:`TomogramRef` and :class:`AnnotationSour
 objects, not their values); long actions come back as *jobs*, zero-argument functions that
 check their input at once and do the work when a worker runs them; results go out as napari
 layer-data tuples ``(data, kwargs, layer_type)``.
+
+Every action that writes files refuses, before its job starts, to replace one
+unless called with ``overwrite`` (the view asks the user first); the
+``*_paths`` methods list what an action would write, for that question.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import CryoInputError
+from ..io.atomic import check_outputs
 from ..layer_meta import (
-    LayerData,
     FEATURE,
     MICROGRAPH_NAME,
     OUTPUT,
@@ -31,12 +35,22 @@ from ..layer_meta import (
     SEGMENTATION_OF,
     TOMOGRAM,
     TOMOGRAM_ID,
+    LayerData,
     layer_pixel_size,
 )
 from ..tasks import Job, Progress
 from ..training_loop import EpochRecord, Resumed
 from .dataset import AnnotatedTomogram, BoxSettings, normalisation, sample_boxes
-from .features import METADATA_KEY, PALETTE, Feature, check_unique, features_from_metadata, features_to_metadata, label_colours, make_features
+from .features import (
+    METADATA_KEY,
+    PALETTE,
+    Feature,
+    check_unique,
+    features_from_metadata,
+    features_to_metadata,
+    label_colours,
+    make_features,
+)
 from .files import segmentation_path, tomogram_name, write_segmentation
 from .group import ModelGroup
 from .interactions import Interaction, interaction_kind
@@ -45,7 +59,6 @@ from .model import SegmentationModel
 from .particles import PickedParticles, PickSettings, pick_particles, write_picks
 from .session import SegmentationSession, preview_slice
 from .training import SlicePreview, TrainSettings, train_feature
-
 
 DEFAULT_FEATURES = ("membrane", "carbon", "particle")
 
@@ -348,21 +361,39 @@ class SegmentationController:
             raise CryoInputError(None, f"segment {tomo.name}, then choose the feature")
         return result[title]
 
-    def save_segmentations(self, tomo: TomogramRef, directory: str | Path) -> Job:
-        """A job writing ``<tomogram>__<feature>.mrc`` per segmented feature; it returns the paths."""
-        result = dict(self._segmentations.get(tomo.key, {}))
+    def segmentation_paths(self, tomo: TomogramRef, directory: str | Path) -> dict[str, Path]:
+        """Feature -> the file :meth:`save_segmentations` writes for it.
+
+        Raises
+        ------
+        CryoInputError
+            Before a segmentation, or when ``directory`` is not a directory.
+        """
+        result = self._segmentations.get(tomo.key, {})
         if not result:
             raise CryoInputError(None, f"segment {tomo.name} first")
         directory = Path(directory)
         if not directory.is_dir():
             raise CryoInputError(directory, "is not a directory")
+        return {title: segmentation_path(directory, tomo.source, title) for title in result}
+
+    def save_segmentations(self, tomo: TomogramRef, directory: str | Path, overwrite: bool = False) -> Job:
+        """A job writing ``<tomogram>__<feature>.mrc`` per segmented feature; it returns the paths.
+
+        Raises
+        ------
+        CryoInputError
+            At once, when one of the files exists and ``overwrite`` is false (nothing is written).
+        """
+        result = dict(self._segmentations.get(tomo.key, {}))
+        paths = self.segmentation_paths(tomo, directory)
+        check_outputs(paths.values(), overwrite=overwrite)
 
         def job() -> Generator[Progress, None, list[Path]]:
             written = []
             for k, (title, prob) in enumerate(result.items()):
                 yield Progress(k, len(result), title)
-                path = segmentation_path(directory, tomo.source, title)
-                written.append(write_segmentation(path, prob, tomo.pixel_size, tomo.translate, title, overwrite=True))
+                written.append(write_segmentation(paths[title], prob, tomo.pixel_size, tomo.translate, title, overwrite=overwrite))
             return written
 
         return job
@@ -388,10 +419,14 @@ class SegmentationController:
         return picked.coordinates, kwargs, "points"
 
     @staticmethod
-    def export_picks(path: str | Path, tomo: TomogramRef, points: Any) -> Path:
-        """Write a picks layer (duck-typed: ``data`` and ``features``, as edited) as STAR or TSV."""
+    def export_picks(path: str | Path, tomo: TomogramRef, points: Any, overwrite: bool = False) -> Path:
+        """Write a picks layer (duck-typed: ``data`` and ``features``, as edited) as STAR or TSV.
+
+        An existing file is replaced only with ``overwrite``.
+        """
+        check_outputs([path], overwrite=overwrite)
         picked = PickedParticles(np.asarray(points.data, dtype=float), points.features["volume"].to_numpy(), points.features["weight"].to_numpy())
-        return write_picks(path, picked, tomo.pixel_size, tomogram_name(tomo.source), overwrite=True)
+        return write_picks(path, picked, tomo.pixel_size, tomogram_name(tomo.source), overwrite=overwrite)
 
     # ------------------------------------------------------------------ meshes
     def mesh(self, tomo: TomogramRef, title: str, level: float, min_volume: float) -> Job:
@@ -413,14 +448,18 @@ class SegmentationController:
                   "opacity": 0.8, "shading": "smooth", "metadata": {OUTPUT: f"{tomo.key}/mesh/{title}"}}
         return surface_layer_data(mesh), kwargs, "surface"
 
-    def save_mesh(self, tomo: TomogramRef, title: str, path: str | Path) -> Job:
-        """A job writing the feature's last mesh as OBJ in Å; it returns the path."""
+    def save_mesh(self, tomo: TomogramRef, title: str, path: str | Path, overwrite: bool = False) -> Job:
+        """A job writing the feature's last mesh as OBJ in Å; it returns the path.
+
+        An existing file is refused at once unless ``overwrite``.
+        """
         mesh = self._meshes.get((tomo.key, title))
         if mesh is None:
             raise CryoInputError(None, f"make a mesh of {title} first")
+        check_outputs([path], overwrite=overwrite)
 
         def job() -> Generator[Progress, None, Path]:
-            return (yield from _step(f"writing {Path(path).name}", write_obj, path, mesh, overwrite=True))
+            return (yield from _step(f"writing {Path(path).name}", write_obj, path, mesh, overwrite=overwrite))
 
         return job
 
@@ -444,27 +483,39 @@ class SegmentationController:
             self.session.add_model(item)
         return f"models {', '.join(self.session.models)}"
 
-    def save_model(self, title: str | None, path: str | Path) -> Job:
-        """A job saving a model as ``.scnm`` (the suffix is added when missing); it returns the path."""
+    @staticmethod
+    def model_path(path: str | Path) -> Path:
+        """The file :meth:`save_model` writes for ``path``: ``.scnm`` added when missing."""
+        return _with_suffix(path, ".scnm")
+
+    @staticmethod
+    def group_path(path: str | Path) -> Path:
+        """The file :meth:`save_group` writes for ``path``: ``.scnmgroup`` added when missing."""
+        return _with_suffix(path, ".scnmgroup")
+
+    def save_model(self, title: str | None, path: str | Path, overwrite: bool = False) -> Job:
+        """A job saving a model as :meth:`model_path`; it returns the path (an existing file is refused at once unless ``overwrite``)."""
         model = self.session.models.get(title) if title else None
         if model is None:
             raise CryoInputError(None, "no model to save: train or load one")
-        path = Path(path) if str(path).endswith(".scnm") else Path(path).with_suffix(".scnm")
+        path = self.model_path(path)
+        check_outputs([path], overwrite=overwrite)
 
         def job() -> Generator[Progress, None, Path]:
-            return (yield from _step(f"writing {path.name}", model.save, path, overwrite=True))
+            return (yield from _step(f"writing {path.name}", model.save, path, overwrite=overwrite))
 
         return job
 
-    def save_group(self, path: str | Path) -> Job:
-        """A job saving every model and the interactions as ``.scnmgroup`` (suffix added when missing); it returns the path."""
+    def save_group(self, path: str | Path, overwrite: bool = False) -> Job:
+        """A job saving every model and the interactions as :meth:`group_path`; it returns the path (as :meth:`save_model`)."""
         if not self.session.models:
             raise CryoInputError(None, "no models to save: train or load some")
-        path = Path(path) if str(path).endswith(".scnmgroup") else Path(path).with_suffix(".scnmgroup")
+        path = self.group_path(path)
+        check_outputs([path], overwrite=overwrite)
         group = self.session.group()
 
         def job() -> Generator[Progress, None, Path]:
-            return (yield from _step(f"writing {path.name}", group.save, path, overwrite=True))
+            return (yield from _step(f"writing {path.name}", group.save, path, overwrite=overwrite))
 
         return job
 
@@ -483,6 +534,14 @@ class SegmentationController:
             self.session.set_interactions(edges)
         except (IndexError, ValueError, CryoInputError) as exc:
             raise CryoInputError(None, f"interaction not changed: {exc}") from None
+
+
+def _with_suffix(path: str | Path, suffix: str) -> Path:
+    """``path`` ending in ``suffix`` (added when missing); a folder or no name at all is refused."""
+    path = Path(path)
+    if not path.name or path.is_dir():
+        raise CryoInputError(path, "is a folder; choose a file name")
+    return path if path.name.endswith(suffix) else path.with_suffix(suffix)
 
 
 def _step(message: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Generator[Progress, None, Any]:

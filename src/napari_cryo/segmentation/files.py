@@ -2,7 +2,10 @@
 
 Segmentations are written as ``<tomogram>__<feature>.mrc`` (float32
 probabilities, the tomogram's pixel size and origin kept) so that they
-overlay the tomogram in napari or any MRC viewer.
+overlay the tomogram in napari or any MRC viewer.  A feature's title comes
+from a model file that may have been made anywhere: it keeps its text for
+display, and its file-name form (:func:`safe_file_stem`) can never leave the
+output folder.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import numpy as np
 
 from ..errors import CryoInputError
 from ..io.mrc import read_mrc, write_mrc
-from ..io.names import file_stem
+from ..io.names import file_stem, safe_file_stem
 
 
 @dataclass
@@ -72,8 +75,8 @@ def tomogram_name(path: str | os.PathLike) -> str:
 
 
 def segmentation_path(out_dir: str | os.PathLike, tomogram: str | os.PathLike, feature: str) -> Path:
-    """``out_dir/<tomogram>__<feature>.mrc``."""
-    return Path(out_dir) / f"{file_stem(tomogram)}__{feature}.mrc"
+    """``out_dir/<tomogram>__<feature>.mrc``, the feature's title made safe by :func:`safe_file_stem`."""
+    return Path(out_dir) / f"{file_stem(tomogram)}__{safe_file_stem(feature)}.mrc"
 
 
 def write_segmentation(
@@ -85,5 +88,6 @@ def write_segmentation(
     overwrite: bool = False,
 ) -> Path:
     """Write one feature's probabilities as an MRC file, atomically."""
-    label = f"napari-cryo segmentation: {feature}"[:80]
+    # MRC labels are printable ASCII; a title in any other script must not stop the write.
+    label = "".join(c if " " <= c <= "~" else "?" for c in f"napari-cryo segmentation: {feature}")[:80]
     return write_mrc(path, probabilities.astype(np.float32, copy=False), pixel_size, origin, overwrite=overwrite, text_labels=[label])

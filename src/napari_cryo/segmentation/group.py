@@ -22,12 +22,18 @@ import torch
 from ..errors import CryoInputError
 from ..io.atomic import atomic_path
 from ..tasks import Progress
+from ..io.names import safe_file_stem
 from .inference import predict_volume
 from .interactions import InteractionGraph, apply_interactions
-from .model import SegmentationModel, check_format
+from .model import MAX_FILE_BYTES, SegmentationModel, check_format, open_archive, read_json, read_member
 
 FORMAT = "napari-cryo segmentation model group"
 FORMAT_VERSION = 1
+GROUP_JSON = "group.json"
+#: Generous for real groups (a few features), small enough that a crafted file cannot make
+#: napari-cryo build thousands of networks.
+MAX_MODELS = 64
+MAX_GROUP_JSON_BYTES = 2**20
 
 
 @dataclass
@@ -69,6 +75,8 @@ class ModelGroup:
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the group to a ``.scnmgroup`` file, atomically."""
+        if len(self.models) > MAX_MODELS:
+            raise CryoInputError(path, f"a group holds at most {MAX_MODELS} models, not {len(self.models)}")
         self.graph.validate(self.titles)
         self.sync_flags()
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "models": self.titles, "graph": self.graph.to_dict()}
@@ -76,7 +84,7 @@ class ModelGroup:
         with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
             archive.writestr("group.json", json.dumps(meta, indent=1))
             for i, m in enumerate(self.models):
-                archive.writestr(f"models/{i:02d}_{m.title}.scnm", m.to_bytes())
+                archive.writestr(f"models/{i:02d}_{safe_file_stem(m.title)}.scnm", m.to_bytes())
         with atomic_path(path, overwrite=overwrite) as tmp:
             tmp.write_bytes(buffer.getvalue())
         return Path(path)
@@ -85,30 +93,21 @@ class ModelGroup:
     def load(cls, path: str | os.PathLike) -> "ModelGroup":
         """Read a ``.scnmgroup`` file, checking its contents.
 
+        ``group.json`` (format, version) is checked before any model is read,
+        and the number and size of the models before any is unpacked.
+
         Raises
         ------
         CryoInputError
-            If the file is missing, is a single model or something else, or
-            its interactions name a model it lacks or form a cycle.
+            If the file is missing, is a single model or something else, holds
+            no or too many models or a bad one, or its interactions name a
+            model it lacks or form a cycle.
         """
         path = Path(path)
         if not path.is_file():
             raise CryoInputError(path, "model group file not found")
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-                if "group.json" not in names:
-                    if "metadata.json" in names:
-                        raise CryoInputError(path, "is a single model (.scnm), not a model group (.scnmgroup)")
-                    raise CryoInputError(path, "is not a model group: the archive lacks group.json")
-                meta = json.loads(archive.read("group.json").decode("utf-8"))
-                entries = sorted(n for n in names if n.startswith("models/") and n.endswith(".scnm"))
-                models = [SegmentationModel.from_bytes(archive.read(n), f"{path}:{n}") for n in entries]
-        except zipfile.BadZipFile:
-            raise CryoInputError(path, "is not a model group (.scnmgroup): not a zip archive") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CryoInputError(path, f"has an unreadable group.json ({exc})") from None
-        check_format(meta, FORMAT, FORMAT_VERSION, path, "model group", "group.json")
+        with open_archive(path, path, "is not a model group (.scnmgroup): not a zip archive") as archive:
+            meta, models = _read_group(archive, path)
         try:
             graph = InteractionGraph.from_dict(meta.get("graph", {}))
             return cls(models, graph)
@@ -128,6 +127,21 @@ class ModelGroup:
         raw = yield from predict_volume(self.models, volume, pixel_size, device)
         yield Progress(0, None, "applying interactions")
         return apply_interactions(raw, self.graph, pixel_size)
+
+
+def _read_group(archive: zipfile.ZipFile, path: Path) -> tuple[dict, list[SegmentationModel]]:
+    """``group.json`` (checked first) and the models of an open group archive."""
+    names = archive.namelist()
+    if GROUP_JSON not in names:
+        if "metadata.json" in names:
+            raise CryoInputError(path, "is a single model (.scnm), not a model group (.scnmgroup)")
+        raise CryoInputError(path, f"is not a model group: the archive lacks {GROUP_JSON}")
+    meta = read_json(read_member(archive, GROUP_JSON, MAX_GROUP_JSON_BYTES, path), path, GROUP_JSON)
+    check_format(meta, FORMAT, FORMAT_VERSION, path, "model group", GROUP_JSON)
+    entries = sorted({n for n in names if n.startswith("models/") and n.endswith(".scnm")})
+    if not 1 <= len(entries) <= MAX_MODELS:
+        raise CryoInputError(path, f"holds {len(entries)} models (a group holds 1 to {MAX_MODELS})")
+    return meta, [SegmentationModel.from_bytes(read_member(archive, n, MAX_FILE_BYTES, f"{path}:{n}"), f"{path}:{n}") for n in entries]
 
 
 def load_models(paths: Sequence[str | os.PathLike]) -> ModelGroup:

@@ -4,16 +4,23 @@ A ``.scnm`` file is one zip archive holding ``metadata.json`` (title,
 colour, pixel size, box size, architecture name, training settings,
 threshold, overlap, emit/absorb flags, final loss, parameter count, loss
 history) and ``weights.pt`` (the torch ``state_dict``).  Loading checks the
-archive, the format and that the weights fit the named architecture, and
-names the problem otherwise.
+archive, the format and version, every setting (sizes and numbers in range,
+a title without control characters), then reads the weights with
+``weights_only`` (tensors, never code) and checks that they fit the named
+architecture, and names the problem otherwise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import re
+import reprlib
+import unicodedata
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +28,7 @@ from typing import Any
 import torch
 
 from ..errors import CryoInputError
+from ..io.torch_files import archive_problem
 from ..io.atomic import atomic_path
 from . import architectures
 
@@ -28,14 +36,156 @@ FORMAT = "napari-cryo segmentation model"
 FORMAT_VERSION = 1
 METADATA = "metadata.json"
 WEIGHTS = "weights.pt"
+#: Bounds on what a model file may hold or ask for: generous for real models (about 1 MB of
+#: weights, 64 px boxes, 1-30 Å pixels), small enough that a crafted file cannot make
+#: napari-cryo unpack gigabytes or build a huge network.
+MAX_METADATA_BYTES = 4 * 2**20
+MAX_WEIGHTS_BYTES = 256 * 2**20
+MAX_FILE_BYTES = MAX_WEIGHTS_BYTES + MAX_METADATA_BYTES
+MAX_BOX = 1024
+PIXEL_SIZES = (0.01, 10_000.0)
+#: Tiles overlapping by nearly a whole tile would never cover a slice.
+MAX_OVERLAP = 0.75
+MAX_TITLE_LENGTH = 100
+MAX_COUNT = 10**7
+_COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
 
 
 def check_format(meta: Any, fmt: str, version: int, source: str | os.PathLike, what: str, member: str) -> None:
     """Refuse archive metadata of another kind or from a newer napari-cryo (``.scnm`` and ``.scnmgroup``)."""
     if not isinstance(meta, dict) or meta.get("format") != fmt:
         raise CryoInputError(source, f"is not a napari-cryo {what} (wrong format in {member})")
-    if int(meta.get("version", 0)) > version:
-        raise CryoInputError(source, f"was written by a newer napari-cryo (format version {meta['version']})")
+    found = meta.get("version", 0)
+    if type(found) is not int or found < 0:
+        raise CryoInputError(source, f"has a bad format version {reprlib.repr(found)} in {member}")
+    if found > version:
+        raise CryoInputError(source, f"was written by a newer napari-cryo (format version {found}; this one reads up to {version})")
+
+
+@contextlib.contextmanager
+def open_archive(file: bytes | os.PathLike, source: str | os.PathLike, not_zip: str) -> Iterator[zipfile.ZipFile]:
+    """A model archive (bytes or a file) open for reading; ``not_zip`` is the problem when it is not a zip archive.
+
+    Raises
+    ------
+    CryoInputError
+        Naming ``source``, if it is not a zip archive or is damaged.
+    """
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(file) if isinstance(file, bytes) else file)
+    except zipfile.BadZipFile:
+        raise CryoInputError(source, not_zip) from None
+    except Exception as exc:  # noqa: BLE001 - a crafted central directory fails in many ways
+        raise CryoInputError(source, f"is a damaged archive ({type(exc).__name__})") from None
+    with archive:
+        yield archive
+
+
+def read_member(archive: zipfile.ZipFile, name: str, limit: int, source: str | os.PathLike) -> bytes:
+    """One member of a model archive, refused unread when it would unpack to more than ``limit`` bytes.
+
+    Raises
+    ------
+    CryoInputError
+        Naming ``source``, if the member is too large or damaged (bad
+        compressed data, a wrong checksum, an unknown compression method).
+    """
+    size = archive.getinfo(name).file_size
+    if size > limit:
+        raise CryoInputError(source, f"{name} would unpack to {size} bytes (at most {limit})")
+    try:
+        with archive.open(name) as fh:
+            return fh.read(limit + 1)[:limit]
+    except Exception as exc:  # noqa: BLE001 - a damaged member fails in zlib, bz2, lzma or zipfile itself
+        raise CryoInputError(source, f"is a damaged archive: {name} cannot be unpacked ({type(exc).__name__})") from None
+
+
+def read_json(data: bytes, source: str | os.PathLike, member: str) -> Any:
+    """Parse a JSON member; anything unreadable (bad text, huge numbers, deep nesting) is an input error."""
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CryoInputError(source, f"has unreadable {member} ({type(exc).__name__}: {str(exc)[:100]})") from None
+
+
+def check_title(title: Any, source: str | os.PathLike) -> str:
+    """A feature title: shown, printed and (made safe, see :func:`napari_cryo.io.names.safe_file_stem`) part of file names.
+
+    Raises
+    ------
+    CryoInputError
+        Unless it is non-blank text of at most :data:`MAX_TITLE_LENGTH`
+        characters without control characters (which could rewrite a terminal
+        line) or lone surrogates (which cannot be printed).
+    """
+    if not isinstance(title, str) or not title.strip() or len(title) > MAX_TITLE_LENGTH or any(unicodedata.category(c) in ("Cc", "Cs") for c in title):
+        raise CryoInputError(source, f"title must be text of 1 to {MAX_TITLE_LENGTH} characters without control characters, not {reprlib.repr(title)}")
+    return title
+
+
+def _number(meta: dict[str, Any], key: str, default: float | None, low: float, high: float, source: str | os.PathLike, whole: bool = False) -> Any:
+    """``meta[key]`` as a number from ``low`` to ``high`` (NaN and infinities fail the range test)."""
+    if key not in meta and default is None:
+        raise CryoInputError(source, f"metadata lacks '{key}'")
+    value = meta.get(key, default)
+    kinds = (int,) if whole else (int, float)
+    if type(value) not in kinds or not low <= value <= high:
+        raise CryoInputError(source, f"{key} must be a {'whole ' if whole else ''}number from {low:g} to {high:g}, not {reprlib.repr(value)}")
+    return value if whole else float(value)
+
+
+def _flag(meta: dict[str, Any], key: str, source: str | os.PathLike) -> bool:
+    value = meta.get(key, False)
+    if not isinstance(value, bool):
+        raise CryoInputError(source, f"{key} must be true or false, not {reprlib.repr(value)}")
+    return value
+
+
+def _training(meta: dict[str, Any], source: str | os.PathLike) -> dict[str, Any]:
+    training = meta.get("training", {})
+    if not isinstance(training, dict):
+        raise CryoInputError(source, "training must be a mapping of settings")
+    for key in ("epochs", "batch_size"):
+        if key in training:
+            _number(training, key, 0, 0, MAX_COUNT, source, whole=True)
+    return training
+
+
+def _history(meta: dict[str, Any], source: str | os.PathLike) -> list[dict[str, Any]]:
+    history = meta.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+        raise CryoInputError(source, "history must be a list of records")
+    if any(type(r.get("train_loss", 0.0)) not in (int, float) for r in history):
+        raise CryoInputError(source, "history holds a train_loss that is not a number")
+    return history
+
+
+def model_settings(meta: dict[str, Any], source: str | os.PathLike) -> dict[str, Any]:
+    """Every setting of ``.scnm`` metadata, checked, as :class:`SegmentationModel` fields (no network yet).
+
+    Raises
+    ------
+    CryoInputError
+        Naming ``source`` and the first setting that is missing, of the
+        wrong type or out of range.
+    """
+    if "title" not in meta:
+        raise CryoInputError(source, "metadata lacks 'title'")
+    colour = meta.get("colour", "#e69f00")
+    if not isinstance(colour, str) or not _COLOUR.fullmatch(colour):
+        raise CryoInputError(source, f"colour must be #rrggbb, not {reprlib.repr(colour)}")
+    return {
+        "title": check_title(meta["title"], source),
+        "colour": colour,
+        "pixel_size": _number(meta, "pixel_size", None, *PIXEL_SIZES, source),
+        "box_size": _number(meta, "box_size", None, 1, MAX_BOX, source, whole=True),
+        "threshold": _number(meta, "threshold", 0.5, 0.0, 1.0, source),
+        "overlap": _number(meta, "overlap", 0.2, 0.0, MAX_OVERLAP, source),
+        "emit": _flag(meta, "emit", source),
+        "absorb": _flag(meta, "absorb", source),
+        "training": _training(meta, source),
+        "history": _history(meta, source),
+    }
 
 
 @dataclass
@@ -98,7 +248,8 @@ class SegmentationModel:
     @property
     def final_loss(self) -> float | None:
         """Training loss of the last epoch (``None`` before training)."""
-        return float(self.history[-1]["train_loss"]) if self.history else None
+        loss = self.history[-1].get("train_loss") if self.history else None
+        return None if loss is None else float(loss)
 
     def metadata(self) -> dict[str, Any]:
         """The JSON metadata written into the ``.scnm`` file."""
@@ -140,54 +291,36 @@ class SegmentationModel:
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str | os.PathLike = "model") -> "SegmentationModel":
-        """Read a model from ``.scnm`` bytes; ``source`` names it in messages."""
-        try:
-            with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                names = set(archive.namelist())
-                if METADATA not in names or WEIGHTS not in names:
-                    if "group.json" in names:
-                        raise CryoInputError(source, "is a model group (.scnmgroup), not a single model (.scnm)")
-                    raise CryoInputError(source, f"is not a segmentation model: the archive lacks {METADATA} or {WEIGHTS}")
-                meta = json.loads(archive.read(METADATA).decode("utf-8"))
-                weights = archive.read(WEIGHTS)
-        except zipfile.BadZipFile:
-            raise CryoInputError(source, "is not a segmentation model (.scnm): not a zip archive") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CryoInputError(source, f"has unreadable metadata ({exc})") from None
+        """Read a model from ``.scnm`` bytes; ``source`` names it in messages.
+
+        The metadata (format, version, every setting) is checked before a
+        network is built or a tensor read; the weights load with ``weights_only``.
+
+        Raises
+        ------
+        CryoInputError
+            For anything but a readable model of this or an older format.
+        """
+        meta, weights = _read_archive(data, source)
         check_format(meta, FORMAT, FORMAT_VERSION, source, "segmentation model", METADATA)
+        settings = model_settings(meta, source)
+        name = meta.get("architecture")
+        if not isinstance(name, str) or len(name) > MAX_TITLE_LENGTH:
+            raise CryoInputError(source, f"architecture must be a name, not {reprlib.repr(name)}")
         try:
-            arch = architectures.get(str(meta["architecture"]))
+            arch = architectures.get(name)
             if arch.dims != 2:
                 raise CryoInputError(source, f"uses the 3D architecture '{arch.name}'; only slice-wise (2D) architectures are supported")
-            box = int(meta["box_size"])
-            net = arch.build(box)
-        except KeyError as exc:
-            raise CryoInputError(source, f"metadata lacks {exc}") from None
+            net = arch.build(settings["box_size"])
         except CryoInputError as exc:
             raise CryoInputError(source, exc.problem) from None
+        state = _read_weights(weights, source)
         try:
-            state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
             net.load_state_dict(state)
         except Exception as exc:  # noqa: BLE001 - torch raises many kinds for foreign weights
             raise CryoInputError(source, f"weights do not fit the '{arch.name}' architecture ({str(exc).splitlines()[0][:200]})") from None
         net.eval()
-        try:
-            return cls(
-                net=net,
-                architecture=arch.name,
-                title=str(meta["title"]),
-                colour=str(meta.get("colour", "#e69f00")),
-                pixel_size=float(meta["pixel_size"]),
-                box_size=box,
-                threshold=float(meta.get("threshold", 0.5)),
-                overlap=float(meta.get("overlap", 0.2)),
-                emit=bool(meta.get("emit", False)),
-                absorb=bool(meta.get("absorb", False)),
-                training=dict(meta.get("training", {})),
-                history=list(meta.get("history", [])),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CryoInputError(source, f"has bad metadata ({exc})") from None
+        return cls(net=net, architecture=arch.name, **settings)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SegmentationModel":
@@ -202,4 +335,34 @@ class SegmentationModel:
         path = Path(path)
         if not path.is_file():
             raise CryoInputError(path, "model file not found")
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise CryoInputError(path, f"is too large for a segmentation model ({size} bytes, at most {MAX_FILE_BYTES})")
         return cls.from_bytes(path.read_bytes(), path)
+
+
+def _read_archive(data: bytes, source: str | os.PathLike) -> tuple[Any, bytes]:
+    """The parsed metadata and the raw weights of ``.scnm`` bytes, each member size-checked before it is unpacked."""
+    with open_archive(data, source, "is not a segmentation model (.scnm): not a zip archive") as archive:
+        names = set(archive.namelist())
+        if METADATA not in names or WEIGHTS not in names:
+            if "group.json" in names:
+                raise CryoInputError(source, "is a model group (.scnmgroup), not a single model (.scnm)")
+            raise CryoInputError(source, f"is not a segmentation model: the archive lacks {METADATA} or {WEIGHTS}")
+        meta = read_member(archive, METADATA, MAX_METADATA_BYTES, source)
+        weights = read_member(archive, WEIGHTS, MAX_WEIGHTS_BYTES, source)
+    return read_json(meta, source, METADATA), weights
+
+
+def _read_weights(weights: bytes, source: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` in ``weights.pt``, unpickled without running code (see :mod:`napari_cryo.io.torch_files`)."""
+    problem = archive_problem(weights)
+    if problem:
+        raise CryoInputError(source, f"{WEIGHTS} cannot be read safely ({problem})")
+    try:
+        state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for foreign or unsafe weights
+        raise CryoInputError(source, f"{WEIGHTS} cannot be read safely ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CryoInputError(source, f"{WEIGHTS} is not a set of named tensors")
+    return state

@@ -24,7 +24,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     e = sub.add_parser("extract", help="find the squares of an atlas and measure brightness and squareness")
     e.add_argument("atlas", help="atlas: MRC or TIFF (or an MRC stack of tiles with --montage)")
     e.add_argument("--out", required=True, metavar="CSV")
-    e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--overwrite", action="store_true", help="replace CSV if it exists")
     _atlas_args(e)
     t = sub.add_parser("train", help="train the square scorer (XCryoNet) from labelled squares")
     t.add_argument("atlases", nargs="+")
@@ -34,14 +34,15 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--variant", choices=("xcryonet", "primary"), default="xcryonet")
     t.add_argument("--fully-supervised", action="store_true", help="ignore unlabelled squares (ablation)")
     t.add_argument("--epochs", type=int, default=40)
-    t.add_argument("--overwrite", action="store_true")
+    t.add_argument("--overwrite", action="store_true", help="replace MODEL, its loss plot and an earlier run's checkpoint (training starts again)")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run from MODEL.ckpt")
     _atlas_args(t)
     add_device_arg(t)
     s = sub.add_parser("score", help="score and rank the squares of atlases; writes CSV, STAR and attention maps")
     s.add_argument("model")
     s.add_argument("atlases", nargs="+")
     s.add_argument("--out", required=True, metavar="DIR")
-    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--overwrite", action="store_true", help="replace files in DIR that exist")
     _atlas_args(s)
     add_device_arg(s)
 
@@ -67,10 +68,35 @@ def _analyse(path: str, args: argparse.Namespace):
         raise CryoInputError(path, exc.problem) from None
 
 
-def cmd_extract(args: argparse.Namespace) -> int:
-    from ..io.atomic import atomic_path, check_writable
+def score_outputs(directory: str | Path, atlases: list[str], variant: str) -> list[Path]:
+    """Every file ``squares score`` writes for the atlas files, in the order it writes them.
 
-    out = check_writable(args.out, args.overwrite)
+    Raises
+    ------
+    CryoInputError
+        If two atlases have the same name (their files would collide).
+    """
+    from ..io.names import file_stem
+    from .pipeline import attention_keys, attention_path
+    from .ranked import ranked_paths
+
+    names = [file_stem(path) for path in atlases]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise CryoInputError(atlases[i], f"has the same name as {atlases[names.index(name)]}; their output files would collide")
+    return [
+        path
+        for name in names
+        for path in (*ranked_paths(directory, name), *(attention_path(directory, name, key) for key in attention_keys(variant)))
+    ]
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from ..io.atomic import atomic_path, check_outputs
+
+    (out,) = check_outputs([args.out], overwrite=args.overwrite)
+    if not out.parent.is_dir():
+        raise CryoInputError(out, f"directory {out.parent} does not exist")
     atlas = _analyse(args.atlas, args)
     table = atlas.squares.rename(columns={})[["center_x", "center_y", "side", "angle", "complete", "ncc", "brightness", "squareness"]]
     with atomic_path(out, overwrite=args.overwrite) as tmp:
@@ -80,19 +106,21 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from ..checkpoints import training_outputs
     from ..device import resolve_device
-    from ..io.atomic import check_writable
     from ..plots import loss_figure, save_figure
     from ..tasks import run_with_tqdm
-    from ..training_loop import EpochRecord
+    from ..training_loop import print_events
     from .labels import match_labels, read_labels
     from .model import SquareModel, XCryoNet
     from .pipeline import training_set
     from .training import SquareTrainConfig, train_squares
 
-    out = check_writable(args.out, args.overwrite)
     if len(args.labels) != len(args.atlases):
         raise CryoInputError(None, f"{len(args.atlases)} atlases but {len(args.labels)} label files; give one labels CSV per atlas")
+    out, checkpoint, plot = training_outputs(args.out, args.overwrite, args.resume)
+    # A resume replaces the interrupted run's own model and plot, if it wrote them before it stopped.
+    replace = args.overwrite or (args.resume and checkpoint.exists())
     device = resolve_device(args.device)
     atlases = []
     for atlas_path, label_path in zip(args.atlases, args.labels):
@@ -106,42 +134,39 @@ def cmd_train(args: argparse.Namespace) -> int:
     crops, labels = training_set(atlases)
     model = SquareModel(XCryoNet(variant=args.variant), name=out.stem)
     config = SquareTrainConfig(epochs=args.epochs, semi_supervised=not args.fully_supervised)
-    checkpoint = out.with_name(out.name + ".ckpt")
+    if not args.resume:  # an earlier run's checkpoint (allowed by --overwrite) must not be continued
+        checkpoint.unlink(missing_ok=True)
 
-    def report(v):
-        if isinstance(v, EpochRecord) and (v.epoch % 10 == 0 or v.epoch == args.epochs):
-            print(f"epoch {v.epoch}: loss {v.train_loss:.4f}", file=sys.stderr)
-
-    model = run_with_tqdm(train_squares(model, crops, labels, config, checkpoint, device), "training", report)
-    model.save(out, overwrite=args.overwrite)
+    model = run_with_tqdm(train_squares(model, crops, labels, config, checkpoint, device), "training", print_events)
+    save_figure(loss_figure(model.history[-1]["losses"], title="square scorer training"), plot, overwrite=replace)
+    model.save(out, overwrite=replace)
     checkpoint.unlink(missing_ok=True)
-    save_figure(loss_figure(model.history[-1]["losses"], title="square scorer training"), out.with_name(out.stem + "_loss.png"))
-    print(f"wrote {out}")
+    print(f"wrote {out} and {plot}")
     return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
     from ..device import resolve_device
-    from ..io.atomic import check_writable
+    from ..io.atomic import check_outputs
     from ..io.mrc import write_mrc
     from .model import SquareModel
-    from .pipeline import score_atlas
-    from .ranked import ranked_paths, write_ranked
+    from .pipeline import attention_path, score_atlas
+    from .ranked import write_ranked
 
     model = SquareModel.load(args.model)
-    device = resolve_device(args.device)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CryoInputError(out, "exists and is not a directory")
+    # Every atlas's files are checked before the first is scored: a clash never leaves some atlases written.
+    check_outputs(score_outputs(out, args.atlases, model.variant), overwrite=args.overwrite)
+    device = resolve_device(args.device)
     out.mkdir(parents=True, exist_ok=True)
     for path in args.atlases:
         atlas = _analyse(path, args)
-        for target in ranked_paths(out, atlas.name):  # refuse before scoring, not after
-            check_writable(target, args.overwrite)
         table, maps = score_atlas(model, atlas, str(device))
         csv, star = write_ranked(out, table, atlas.name, atlas.pixel_size, overwrite=args.overwrite)
         for key, m in maps.items():
-            write_mrc(out / f"{atlas.name}_attention_{key}.mrc", m, atlas.pixel_size or 1.0, overwrite=args.overwrite)
+            write_mrc(attention_path(out, atlas.name, key), m, atlas.pixel_size or 1.0, overwrite=args.overwrite)
         print(f"wrote {csv}, {star.name} ({int(table['complete'].sum())} squares ranked)" + (f" and {len(maps)} attention maps" if maps else ""))
     return 0
 

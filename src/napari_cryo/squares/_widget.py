@@ -2,7 +2,8 @@
 
 The state and every action live in :class:`~.controller.SquaresSession`;
 this view adds and updates layers on the main thread, draws the loss curve
-and the colour bar, and fills the ranked table.
+and the colour bar, and fills the ranked table.  Writing labels, a model or
+the ranked squares asks before replacing a file (:meth:`CryoView.confirm_replace`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import AtlasSquares
 
 UNSET = -1.0  # spin-box value meaning 'leave this score as it is'
+
+
+def file_name(value: Any, what: str) -> Path:
+    """A file-name control's value as a path; a :class:`CryoInputError` when it names no file."""
+    path = Path(str(value))
+    if not str(value).strip() or not path.name or path.is_dir():
+        raise CryoInputError(None, f"choose a file name for the {what}")
+    return path
 
 
 class SquaresWidget(CryoView):
@@ -74,7 +83,7 @@ class SquaresWidget(CryoView):
         for button, action in (
             (self._extract, self.extract), (self._apply, self.apply_scores), (self._import, self.import_labels),
             (self._export_labels, self.export_labels), (self._train, self.train), (self._load, self.load_model),
-            (self._save, self.save_model), (self._score, self.score), (self._export_ranked, self.export_ranked),
+            (self._save, self.save_model), (self._score, self.score), (self._export_ranked, lambda: self.export_ranked()),
         ):
             button.changed.connect(action)
         self.viewer.layers.events.removed.connect(lambda event: self.session.forget(event.value.unique_id))
@@ -157,9 +166,15 @@ class SquaresWidget(CryoView):
         self.notify(message)
 
     @reports_input_errors
-    def export_labels(self) -> None:
-        """Write the chosen atlas's labels to the labels CSV."""
-        self.notify(f"wrote {self.session.export_labels(self._atlas_id(), str(self._labels_file.value))}")
+    def export_labels(self) -> Path | None:
+        """Write the chosen atlas's labels to the labels CSV (asking before replacing it); returns the file or None."""
+        atlas_id = self._atlas_id()
+        path = file_name(self._labels_file.value, "labels CSV")
+        if not self.confirm_replace([path]):
+            return None
+        written = self.session.export_labels(atlas_id, path, overwrite=True)
+        self.notify(f"wrote {written}")
+        return written
 
     @reports_input_errors
     def train(self):
@@ -184,9 +199,16 @@ class SquaresWidget(CryoView):
         self.notify(f"loaded {self._model_file.value}")
 
     @reports_input_errors
-    def save_model(self) -> None:
-        """Save the model to the model file."""
-        self.notify(f"saved {self.session.save_model(str(self._model_file.value))}")
+    def save_model(self) -> Path | None:
+        """Save the model to the model file (asking before replacing it); returns the file or None."""
+        if self.session.model is None:
+            raise CryoInputError(None, "train or load a model first")
+        path = file_name(self._model_file.value, "model file")
+        if not self.confirm_replace([path]):
+            return None
+        saved = self.session.save_model(path, overwrite=True)
+        self.notify(f"saved {saved}")
+        return saved
 
     @reports_input_errors
     def score(self):
@@ -222,9 +244,15 @@ class SquaresWidget(CryoView):
         squares.selected_data = {int(r["square"])}
 
     @reports_input_errors
-    def export_ranked(self, directory: str | Path | None = None) -> list[Path]:
-        """Write the ranked squares of every scored atlas as CSV and STAR into a folder."""
-        written = self.session.export_ranked(str(directory if directory is not None else self._ranked_dir.value))
+    def export_ranked(self, directory: str | Path | None = None) -> list[Path] | None:
+        """Write the ranked squares of every scored atlas as CSV and STAR into a folder, asking before replacing any.
+
+        Returns the files written; None when nothing was (an error, or the user kept the files).
+        """
+        folder = Path(str(directory if directory is not None else self._ranked_dir.value))
+        if not self.confirm_replace(self.session.export_paths(folder)):
+            return None
+        written = self.session.export_ranked(folder, overwrite=True)
         self.notify(f"wrote {', '.join(p.name for p in written)}")
         return written
 

@@ -8,6 +8,8 @@ train, score) are *jobs*: generator functions without arguments that yield
 work on data taken when the job is made, never on layers.  The session reads
 and writes labels, writes the ranked squares (:mod:`.ranked`) and returns
 napari layer-data tuples ``(data, kwargs, layer_type)`` for the view to add.
+It replaces no file unless told to (``overwrite``): a view asks the user
+first, about the files :meth:`SquaresSession.export_paths` lists.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from ..training_loop import EpochRecord
 from .extract import square_corners
 from .model import CONTAMINATION, CRACKING, SCORES, SquareModel
 from .pipeline import AtlasSquares, iter_analyse_atlas, iter_score_atlas, training_set
-from .ranked import write_ranked
+from .ranked import ranked_paths, write_ranked
 
 SQUARES = "squares"  # the role of an atlas's Shapes layer; attention layers use their score's name
 MANUAL = [CRACKING, CONTAMINATION, len(SCORES) - 1]  # the scores only a person can give
@@ -166,12 +168,18 @@ class SquaresSession:
         state.labels = np.where(np.isfinite(matched), matched, state.labels)
         return "; ".join(warnings) or f"imported labels for {int(np.isfinite(matched).any(axis=1).sum())} squares"
 
-    def export_labels(self, atlas_id: str, path: str | os.PathLike) -> Path:
-        """Write an atlas's labels as a labels CSV (replacing the file)."""
+    def export_labels(self, atlas_id: str, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write an atlas's labels as a labels CSV.
+
+        Raises
+        ------
+        CryoInputError
+            If the file exists and ``overwrite`` is false.
+        """
         from .labels import write_labels
 
         state = self.state(atlas_id)
-        return write_labels(path, state.atlas.squares, state.labels, overwrite=True)
+        return write_labels(path, state.atlas.squares, state.labels, overwrite=overwrite)
 
     # --------------------------------------------------------------- training
     def train_job(self, variant: str, epochs: int, device: str = "cpu", **settings: Any) -> Job:
@@ -213,11 +221,17 @@ class SquaresSession:
         """Load a square model file."""
         self.model = SquareModel.load(path)
 
-    def save_model(self, path: str | os.PathLike) -> Path:
-        """Save the model (replacing the file)."""
+    def save_model(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Save the model.
+
+        Raises
+        ------
+        CryoInputError
+            Without a model, or if the file exists and ``overwrite`` is false.
+        """
         if self.model is None:
             raise CryoInputError(None, "train or load a model first")
-        self.model.save(path, overwrite=True)
+        self.model.save(path, overwrite=overwrite)
         return Path(path)
 
     # ---------------------------------------------------------------- scoring
@@ -312,15 +326,41 @@ class SquaresSession:
         return pd.concat(frames, ignore_index=True).sort_values("overall", ascending=False, kind="stable")[columns].reset_index(drop=True)
 
     # ----------------------------------------------------------------- export
-    def export_ranked(self, directory: str | os.PathLike, overwrite: bool = True) -> list[Path]:
-        """Write the ranked squares of every scored atlas as CSV and STAR (see :mod:`.ranked`)."""
+    def _scored(self) -> list[AtlasState]:
+        """The scored atlases, checked for export: some, with different names."""
         scored = [s for s in self.atlases.values() if s.scored is not None]
         if not scored:
             raise CryoInputError(None, "score the squares first")
         names = [s.atlas.name for s in scored]
         if len(set(names)) < len(names):
             raise CryoInputError(None, "two scored atlases have the same name; rename one layer and extract it again")
+        return scored
+
+    def export_paths(self, directory: str | os.PathLike) -> list[Path]:
+        """The files :meth:`export_ranked` writes into ``directory``: CSV and STAR per scored atlas.
+
+        Raises
+        ------
+        CryoInputError
+            If nothing was scored, or two scored atlases have the same name.
+        """
+        return [path for s in self._scored() for path in ranked_paths(directory, s.atlas.name)]
+
+    def export_ranked(self, directory: str | os.PathLike, overwrite: bool = False) -> list[Path]:
+        """Write the ranked squares of every scored atlas as CSV and STAR (see :mod:`.ranked`).
+
+        Every file is checked before the first is written, so a clash never
+        leaves some atlases exported.
+
+        Raises
+        ------
+        CryoInputError
+            As :meth:`export_paths`, or if a file exists and ``overwrite`` is false.
+        """
+        from ..io.atomic import check_outputs
+
+        check_outputs(self.export_paths(directory), overwrite=overwrite, hint="overwrite=True replaces it")
         written: list[Path] = []
-        for s in scored:
+        for s in self._scored():
             written += write_ranked(directory, s.scored, s.atlas.name, s.atlas.pixel_size, overwrite=overwrite)
         return written

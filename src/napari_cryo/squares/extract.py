@@ -96,7 +96,11 @@ def estimate_lattice(norm: np.ndarray, min_pitch: float = 8.0) -> Lattice:
         for offset, values in ((0.0, at_peak), (0.5, at_trough)):
             py, px = (k + offset) * vy + (l + offset) * vx, (k + offset) * vx - (l + offset) * vy
             inside = (np.hypot(py, px) <= reach) & (np.hypot(py, px) > 0)
+            if not inside.any():  # a lattice too coarse for this image: no point to average
+                break
             means.append(float(np.mean(values[np.round(py[inside] + half).astype(int), np.round(px[inside] + half).astype(int)])))
+        if len(means) < 2:
+            continue
         score = means[0] - means[1]
         if score > best_score:
             best_score, best = score, (vy, vx)

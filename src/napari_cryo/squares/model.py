@@ -21,6 +21,8 @@ Scores are regressed on the 0–4 scale: a sigmoid output scaled by 4.
 from __future__ import annotations
 
 import os
+import reprlib
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import CryoInputError
+from ..io.torch_files import load_model_payload, save_torch
 
 ATTRIBUTES = ("brightness", "squareness", "cracking", "contamination")
 SCORES = (*ATTRIBUTES, "overall")
@@ -37,6 +40,14 @@ CRACKING, CONTAMINATION = 2, 3
 FORMAT = "napari-cryo-squares"
 FORMAT_VERSION = 1
 VARIANTS = ("xcryonet", "primary")
+#: Bounds on what a model file may ask for: generous for real models (32 channels, 64 px crops,
+#: under 1 MB), small enough that a crafted file cannot make napari-cryo build a huge network.
+#: Channels and crops are multiples of 4: the branches halve the channels for the attention
+#: and the decoder quarters them, and the crop is downsampled and upsampled by 4.
+MAX_CHANNELS = 256
+CROP_SIZES = (16, 1024)
+MAX_FILE_BYTES = 256 * 2**20
+MAX_NAME_LENGTH = 200
 
 
 class Residual(nn.Module):
@@ -181,7 +192,6 @@ class SquareModel:
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the model file atomically."""
-        from ..io.atomic import atomic_path
 
         payload = {
             "format": FORMAT,
@@ -193,26 +203,54 @@ class SquareModel:
             "history": self.history,
             "state_dict": {k: v.cpu() for k, v in self.net.state_dict().items()},
         }
-        with atomic_path(path, overwrite=overwrite) as tmp:
-            torch.save(payload, tmp)
-        return Path(path)
+        return save_torch(payload, path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SquareModel":
-        """Read a model file, checking that it is one."""
+        """Read a model file, checking that it is one.
+
+        The file is read with ``weights_only`` (tensors and plain values,
+        never code), and every setting is checked before a network is built.
+
+        Raises
+        ------
+        CryoInputError
+            If the file is missing, not a torch file, not a square-scoring
+            model, from a newer napari-cryo, or holds settings or weights out of range.
+        """
         path = Path(path)
-        if not path.is_file():
-            raise CryoInputError(path, "model file not found")
+        payload = _read_payload(path)
+        variant = payload.get("variant", "xcryonet")
+        if not isinstance(variant, str) or variant not in VARIANTS:
+            raise CryoInputError(path, f"variant must be one of {', '.join(VARIANTS)}, not {reprlib.repr(variant)}")
+        channels = _multiple_of_4(payload, "channels", 32, 4, MAX_CHANNELS, path)
+        crop_size = _multiple_of_4(payload, "crop_size", 64, *CROP_SIZES, path)
+        name = payload.get("name", path.stem)
+        if not isinstance(name, str) or len(name) > MAX_NAME_LENGTH or any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
+            raise CryoInputError(path, f"name must be text of at most {MAX_NAME_LENGTH} characters without control characters, not {reprlib.repr(name)}")
+        history = payload.get("history", [])
+        if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+            raise CryoInputError(path, "history must be a list of records")
+        state = payload.get("state_dict")
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+            raise CryoInputError(path, "holds no weights (state_dict is not a set of named tensors)")
+        net = XCryoNet(channels, variant)
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001
-            raise CryoInputError(path, f"is not a model file ({type(exc).__name__})") from None
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            raise CryoInputError(path, "is not a napari-cryo square-scoring model")
-        net = XCryoNet(int(payload.get("channels", 32)), str(payload.get("variant", "xcryonet")))
-        try:
-            net.load_state_dict(payload["state_dict"])
-        except (RuntimeError, KeyError) as exc:
-            raise CryoInputError(path, f"weights do not fit the network ({str(exc).splitlines()[0]})") from None
+            net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CryoInputError(path, f"weights do not fit the network ({str(exc).splitlines()[0][:200]})") from None
         net.eval()
-        return cls(net, int(payload.get("crop_size", 64)), str(payload.get("name", path.stem)), list(payload.get("history", [])))
+        return cls(net, crop_size, name, history)
+
+
+def _read_payload(path: Path) -> dict[str, Any]:
+    """The model file's contents, unpickled without running code; its format and version checked."""
+    return load_model_payload(path, FORMAT, FORMAT_VERSION, "square-scoring model", MAX_FILE_BYTES)
+
+
+def _multiple_of_4(payload: dict[str, Any], key: str, default: int, low: int, high: int, path: Path) -> int:
+    """``payload[key]``, a multiple of 4 from ``low`` to ``high``."""
+    value = payload.get(key, default)
+    if type(value) is not int or not low <= value <= high or value % 4:
+        raise CryoInputError(path, f"{key} must be a multiple of 4 from {low} to {high}, not {reprlib.repr(value)}")
+    return value

@@ -7,14 +7,17 @@ generators to their end.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
 from ..errors import CryoInputError
+from ..io.names import safe_file_stem
 from ..tasks import Progress, drain
 from .attributes import brightness, squareness
 from .extract import Lattice, iter_crop_squares, iter_find_squares, paste_maps
@@ -23,6 +26,17 @@ from .model import SCORES, SquareModel
 CROP_SIZE = 64
 CHUNK = 32  # squares measured between two progress reports
 PREDICT_BATCH = 128  # squares per forward pass (training.predict's batch)
+ATTENTION = ("cracking", "contamination")  # the scores whose branches give attention maps (XCryoNet only)
+
+
+def attention_keys(variant: str) -> tuple[str, ...]:
+    """The attention maps a model of ``variant`` gives (``"primary"`` has none)."""
+    return ATTENTION if variant == "xcryonet" else ()
+
+
+def attention_path(directory: str | os.PathLike, name: str, key: str) -> Path:
+    """Where ``squares score`` writes the ``key`` attention map of atlas ``name``."""
+    return Path(directory) / f"{safe_file_stem(name)}_attention_{key}.mrc"
 
 
 @dataclass
@@ -146,7 +160,7 @@ def iter_score_atlas(
     rank[order[:n]] = np.arange(1, n + 1)
     table["rank"] = rank
     maps = {}
-    for key in ("cracking", "contamination"):
+    for key in ATTENTION:
         att = out.get(f"attention_{key}")
         if att is not None:
             yield Progress(len(crops), len(crops), f"{key} attention of {atlas.name}")

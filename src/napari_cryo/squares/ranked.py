@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import CryoInputError
+from ..io.names import safe_file_stem
 from .model import SCORES
 
 CSV_COLUMNS = ("atlas", "rank", "center_x", "center_y", "center_x_A", "center_y_A", "side", "angle", *SCORES)
@@ -50,8 +51,8 @@ def ranked_squares(scored: pd.DataFrame, name: str, pixel_size: float | None) ->
 
 def ranked_paths(directory: str | os.PathLike, name: str) -> tuple[Path, Path]:
     """The CSV and STAR paths :func:`write_ranked` writes for atlas ``name``."""
-    directory = Path(directory)
-    return directory / f"{name}_squares.csv", directory / f"{name}_squares.star"
+    directory, stem = Path(directory), safe_file_stem(name)  # a layer name may hold separators
+    return directory / f"{stem}_squares.csv", directory / f"{stem}_squares.star"
 
 
 def write_ranked(
