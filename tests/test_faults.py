@@ -639,3 +639,43 @@ def test_a_checkpoint_that_cannot_be_continued_is_ignored_with_its_reason(change
     assert describe_event(ignored).startswith(f"not resuming from {path}: ")
     assert _training_checkpoint(path)["epoch"] == 3  # replaced by the new run's
 
+
+
+# --- a real full disk -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def tiny_disk(tmp_path):
+    """A 300 kB tmpfs (needs the right to mount; RLIMIT_FSIZE above cannot stand in for memory-mapped writes)."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode(errors='replace').strip()[:80]})")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_memory_mapped_mrc_writes_on_a_full_disk_fail_with_one_line(tiny_disk):
+    # Without the space reserved up front, writing through the memory map kills the process with SIGBUS:
+    # run in a child, so that such a death fails this test instead of ending the test session.
+    import subprocess
+
+    code = (
+        "import numpy as np\n"
+        "from napari_cryo.errors import CryoInputError\n"
+        "from napari_cryo.io.mrc import write_mrc\n"
+        "try:\n"
+        f"    write_mrc({str(tiny_disk / 'big.mrc')!r}, np.ones((64, 64, 64), np.float32), 1.0)\n"
+        "except CryoInputError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr[-500:])
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1 and str(tiny_disk / "big.mrc") in lines[0] and "No space left on device" in lines[0], lines
+    assert list(tiny_disk.iterdir()) == []

@@ -147,6 +147,26 @@ def remove_stale_partials(folder: str | os.PathLike, stem: str | None = None) ->
     return removed
 
 
+def reserve_space(path: str | os.PathLike) -> None:
+    """Allocate a file's blocks on disk now, for a file that will be written through a memory map.
+
+    A write through a memory map onto a full disk kills the process with
+    SIGBUS, with no message; after this, a full disk is an ``OSError``
+    (ENOSPC) here instead, which :func:`atomic_path` reports in one line.
+    File systems that cannot preallocate are left as they are.
+    """
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    finally:
+        os.close(fd)
+
+
 def _fsync_path(path: Path, directory: bool = False) -> None:
     flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
     try:

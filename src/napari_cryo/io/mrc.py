@@ -24,7 +24,7 @@ import numpy as np
 from mrcfile.dtypes import HEADER_DTYPE
 
 from ..errors import CryoInputError
-from .atomic import atomic_path
+from .atomic import atomic_path, reserve_space
 
 #: File name endings read as MRC.
 MRC_SUFFIXES = (".mrc", ".mrcs", ".map", ".rec", ".st", ".ali", ".mrc.gz", ".mrcs.gz", ".map.gz", ".mrc.bz2", ".map.bz2", ".mrcs.bz2")
@@ -645,6 +645,7 @@ def write_mrc(
             warnings.simplefilter("ignore", RuntimeWarning)
             mrc = mrcfile.new_mmap(tmp, shape=shape3, mrc_mode=_MODE_OF[out_dtype], overwrite=True)
         try:
+            reserve_space(tmp)
             for start in range(0, shape3[0], chunk_planes):
                 stop = min(shape3[0], start + chunk_planes)
                 block = np.asarray(data if ndim == 2 else data[start:stop])

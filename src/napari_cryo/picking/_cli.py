@@ -156,7 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..device import resolve_device
-    from .data import load_micrograph
+    from .data import check_micrographs, load_micrograph
     from .export import check_targets, micrograph_file_name, picks_path, write_picks
     from .model import load_model
     from .picks import pick_micrograph
@@ -172,6 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     masks = _masks_by_stem(args.masks)
     targets = [picks_path(out, p) for p in args.micrographs]
     check_targets(targets, args.overwrite)
+    check_micrographs(args.micrographs, args.pixel_size)  # a bad file late in the list must not stop the run halfway
     out.mkdir(parents=True, exist_ok=True)
     total = 0
     for path, target in zip(tqdm(args.micrographs, desc="picking", unit="micrograph", disable=None), targets):

@@ -11,6 +11,7 @@ to ``mic001.mrc``).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +50,31 @@ def stem_of(name: str | os.PathLike) -> str:
     return file_stem(name)
 
 
+def _open_micrograph(path: Path, pixel_size: float | None) -> tuple[np.ndarray, float]:
+    """The (memory-mapped) 2D image and its pixel size, checked from the header."""
+    data, info = read_mrc(path)
+    if data.ndim == 3 and data.shape[0] == 1:
+        data = data[0]
+    if data.ndim != 2:
+        raise CryoInputError(path, f"is not a single micrograph (shape {data.shape}); give 2D images")
+    px = pixel_size if pixel_size is not None else (info.pixel_size if info.pixel_size > 0 else None)
+    if px is None:
+        raise CryoInputError(path, "has no pixel size in its header; give one with --pixel-size")
+    return data, float(px)
+
+
+def check_micrographs(paths: Iterable[str | os.PathLike], pixel_size: float | None = None) -> None:
+    """Check every micrograph of a batch from its header (readable, 2D, a pixel size) before any is processed.
+
+    Raises
+    ------
+    CryoInputError
+        Naming the first file that :func:`load_micrograph` would refuse from its header.
+    """
+    for path in paths:
+        _open_micrograph(Path(path), pixel_size)
+
+
 def load_micrograph(path: str | os.PathLike, pixel_size: float | None = None) -> Micrograph:
     """Read one 2D micrograph; ``pixel_size`` overrides (or supplies) the header's.
 
@@ -58,20 +84,13 @@ def load_micrograph(path: str | os.PathLike, pixel_size: float | None = None) ->
         If the file is not a single 2D image or has no pixel size.
     """
     path = Path(path)
-    data, info = read_mrc(path)
-    if data.ndim == 3 and data.shape[0] == 1:
-        data = data[0]
-    if data.ndim != 2:
-        raise CryoInputError(path, f"is not a single micrograph (shape {data.shape}); give 2D images")
-    px = pixel_size if pixel_size is not None else (info.pixel_size if info.pixel_size > 0 else None)
-    if px is None:
-        raise CryoInputError(path, "has no pixel size in its header; give one with --pixel-size")
+    data, px = _open_micrograph(path, pixel_size)
     image = np.asarray(data, dtype=np.float32)
     if not np.isfinite(image).all():
         raise CryoInputError(path, "micrograph contains NaN or infinite values")
     if float(np.ptp(image)) == 0.0:
         raise CryoInputError(path, "micrograph is empty (all pixels have the same value)")
-    return Micrograph(path, image, float(px))
+    return Micrograph(path, image, px)
 
 
 def _pick_files(spec: Path) -> list[Path]:

@@ -233,10 +233,12 @@ def simulate_dataset(
 
 
 def _new_stack(path: Path, n: int, box: int, pixel_size: float) -> int:
-    """Create an empty (sparse) float32 image stack; return the data's byte offset."""
+    """Create an empty float32 image stack (its space reserved on disk); return the data's byte offset."""
     import warnings
 
     import mrcfile
+
+    from ..io.atomic import reserve_space
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -245,7 +247,9 @@ def _new_stack(path: Path, n: int, box: int, pixel_size: float) -> int:
             # The cell of a stack spans one image in Z, as RELION writes it.
             mrc.header.mx, mrc.header.my, mrc.header.mz = box, box, 1
             mrc.header.cella = (pixel_size * box, pixel_size * box, pixel_size)
-            return int(mrc.header.nbytes + mrc.header.nsymbt)
+            offset = int(mrc.header.nbytes + mrc.header.nsymbt)
+    reserve_space(path)  # the images are written through a memory map: a full disk must fail here, not with SIGBUS
+    return offset
 
 
 def _finish_stack(path: Path, count: int, total: list[float]) -> None:

@@ -159,6 +159,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise CryoInputError(out, "exists and is not a directory")
     # Every atlas's files are checked before the first is scored: a clash never leaves some atlases written.
     check_outputs(score_outputs(out, args.atlases, model.variant), overwrite=args.overwrite)
+    for path in args.atlases:  # every atlas is read once first: a bad file late in the list must not stop the run halfway
+        _load(path, args)
     device = resolve_device(args.device)
     out.mkdir(parents=True, exist_ok=True)
     for path in args.atlases:
