@@ -21,7 +21,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     sub.required = True
 
     t = sub.add_parser("train", help="train or fine-tune a picker on your picks", description="Train or fine-tune a picker from picks (sparse labels are fine), false positives and painted masks.")
-    t.add_argument("micrographs", nargs="+", help="2D micrograph MRC files")
+    t.add_argument("micrographs", nargs="+", help="2D micrographs: MRC, or TIFF/PNG/JPEG with --pixel-size")
     t.add_argument("--positives", required=True, metavar="STAR_OR_DIR", help="picked particles: one STAR file (with rlnMicrographName) or a directory of per-micrograph STAR files")
     t.add_argument("--false-positives", metavar="STAR_OR_DIR", help="picks that are not particles (trained as background)")
     t.add_argument("--masks", nargs="+", metavar="MRC", help="painted masks (non-zero = junk, e.g. carbon), one per micrograph, matched by file name")
@@ -34,7 +34,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--steps", type=int, default=50, help="batches per epoch")
     t.add_argument("--lr", type=float, default=None, help="learning rate (default 3e-4 fine-tuning, 1e-3 from scratch)")
     t.add_argument("--working-pixel-size", type=float, metavar="A", help="override the working pixel size (default diameter/20)")
-    t.add_argument("--pixel-size", type=float, metavar="A", help="pixel size of micrographs whose header has none")
+    t.add_argument("--pixel-size", type=float, metavar="A", help="pixel size in Å of micrographs whose header has none (always needed for TIFF, PNG and JPEG)")
     t.add_argument("--invert", action="store_true", help="particles are white on the micrographs")
     t.add_argument("--name", help="model name (default: the output file stem)")
     t.add_argument("--overwrite", action="store_true", help="replace MODEL, its loss plot and an earlier run's checkpoint (training starts again)")
@@ -42,7 +42,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     add_device_arg(t)
 
     r = sub.add_parser("run", help="pick micrographs with a model", description="Pick particles; writes DIR/<micrograph>_picks.star per micrograph.")
-    r.add_argument("micrographs", nargs="+", help="2D micrograph MRC files")
+    r.add_argument("micrographs", nargs="+", help="2D micrographs: MRC, or TIFF/PNG/JPEG with --pixel-size")
     r.add_argument("--model", default="generic", help="model file, or 'generic' (default) for the model shipped with napari-cryo")
     r.add_argument("--diameter", type=float, required=True, metavar="A", help="particle diameter in Å")
     r.add_argument("--out", required=True, metavar="DIR", help="output directory")
@@ -52,7 +52,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--masks", nargs="+", metavar="MRC", help="exclusion masks (non-zero = do not pick), matched by file name")
     r.add_argument("--keep-junk", action="store_true", help="also pick where the model sees junk")
     r.add_argument("--working-pixel-size", type=float, metavar="A")
-    r.add_argument("--pixel-size", type=float, metavar="A", help="pixel size of micrographs whose header has none")
+    r.add_argument("--pixel-size", type=float, metavar="A", help="pixel size in Å of micrographs whose header has none (always needed for TIFF, PNG and JPEG)")
     r.add_argument("--invert", action="store_true", default=None, help="particles are white (default: the model's setting)")
     r.add_argument("--overwrite", action="store_true", help="replace pick files that exist")
     add_device_arg(r)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CryoInputError
+from ..io.images import is_plain_image, plain_image_shape, read_plain_image
 from ..io.mrc import read_mrc
 from ..io.names import file_stem
 from ..io.star import read_coordinates
@@ -50,8 +51,15 @@ def stem_of(name: str | os.PathLike) -> str:
     return file_stem(name)
 
 
-def _open_micrograph(path: Path, pixel_size: float | None) -> tuple[np.ndarray, float]:
-    """The (memory-mapped) 2D image and its pixel size, checked from the header."""
+def _open_micrograph(path: Path, pixel_size: float | None, header_only: bool = False) -> tuple[np.ndarray | None, float]:
+    """The (memory-mapped) 2D image and its pixel size, checked from the header (TIFF, PNG, JPEG: read whole)."""
+    if is_plain_image(path):
+        if pixel_size is None:
+            raise CryoInputError(path, "has no pixel size (TIFF, PNG and JPEG files carry none); give one with --pixel-size")
+        if header_only:
+            plain_image_shape(path)
+            return None, float(pixel_size)
+        return read_plain_image(path), float(pixel_size)
     data, info = read_mrc(path)
     if data.ndim == 3 and data.shape[0] == 1:
         data = data[0]
@@ -72,11 +80,11 @@ def check_micrographs(paths: Iterable[str | os.PathLike], pixel_size: float | No
         Naming the first file that :func:`load_micrograph` would refuse from its header.
     """
     for path in paths:
-        _open_micrograph(Path(path), pixel_size)
+        _open_micrograph(Path(path), pixel_size, header_only=True)
 
 
 def load_micrograph(path: str | os.PathLike, pixel_size: float | None = None) -> Micrograph:
-    """Read one 2D micrograph; ``pixel_size`` overrides (or supplies) the header's.
+    """Read one 2D micrograph (MRC, TIFF, PNG or JPEG); ``pixel_size`` overrides (or supplies) the header's.
 
     Raises
     ------
