@@ -38,6 +38,20 @@ def pixel_size_known(layer: Any) -> bool:
     return (getattr(layer, "metadata", None) or {}).get(PIXEL_SIZE_KNOWN, True) is not False
 
 
+def scale_is_placeholder(layer: Any) -> bool:
+    """Whether a layer's scale says nothing about its pixel size.
+
+    True when napari-cryo's reader marked it unknown, and for layers from
+    other readers (napari's own TIFF, PNG and JPEG reader) whose scale is
+    napari's default of 1 in every axis: no micrograph has 1 Å pixels by
+    accident of a reader.
+    """
+    metadata = getattr(layer, "metadata", None) or {}
+    if PIXEL_SIZE_KNOWN in metadata:
+        return metadata[PIXEL_SIZE_KNOWN] is False
+    return all(float(s) == 1.0 for s in getattr(layer, "scale", (1.0,)))
+
+
 def layer_pixel_size(layer: Any) -> float:
     """The pixel size in Å of an image-like layer: its last scale.
 

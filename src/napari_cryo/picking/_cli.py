@@ -20,7 +20,15 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="pick_command", metavar="STEP")
     sub.required = True
 
-    t = sub.add_parser("train", help="train or fine-tune a picker on your picks", description="Train or fine-tune a picker from picks (sparse labels are fine), false positives and painted masks.")
+    t = sub.add_parser(
+        "train", help="train or fine-tune a picker on your picks",
+        description=(
+            "Train or fine-tune a picker from picks (sparse labels are fine), false positives and painted masks. "
+            "A fifth of the picks is held out for validation; training stops when they stop improving (--patience), "
+            "when the time budget is spent (--budget) or after --max-epochs, whichever comes first, and keeps the best "
+            "epoch's weights. Ctrl-C also writes MODEL with the best weights so far, and --resume continues."
+        ),
+    )
     t.add_argument("micrographs", nargs="+", help="2D micrographs: MRC, or TIFF/PNG/JPEG with --pixel-size")
     t.add_argument("--positives", required=True, metavar="STAR_OR_DIR", help="picked particles: one STAR file (with rlnMicrographName) or a directory of per-micrograph STAR files")
     t.add_argument("--false-positives", metavar="STAR_OR_DIR", help="picks that are not particles (trained as background)")
@@ -30,8 +38,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--from", dest="from_model", metavar="MODEL", default="generic", help="model to fine-tune: 'generic' (default), a model file, or 'scratch'")
     t.add_argument("--expected-particles", type=float, metavar="N", help="particles per micrograph you expect (default: twice the number picked)")
     t.add_argument("--complete", action="store_true", help="the picks are complete: train unlabelled pixels as background")
-    t.add_argument("--epochs", type=int, default=4)
-    t.add_argument("--steps", type=int, default=50, help="batches per epoch")
+    t.add_argument("--budget", type=float, default=None, metavar="MINUTES", help="time budget of the training in minutes (default 5; 0: none); the last epoch ends within it")
+    t.add_argument("--patience", type=int, default=None, metavar="N", help="stop after N epochs without a better validation (default 6; 0: never)")
+    t.add_argument("--max-epochs", type=int, default=None, metavar="N", help="stop after at most N epochs (default 100)")
+    t.add_argument("--epochs", type=int, default=None, metavar="N", help="train exactly N epochs with a cosine learning rate: --max-epochs N --patience 0 --budget 0, unless those are given too (the best epoch is still kept)")
+    t.add_argument("--steps", type=int, default=None, metavar="N", help="batches per epoch, between two validations (default 25)")
     t.add_argument("--lr", type=float, default=None, help="learning rate (default 3e-4 fine-tuning, 1e-3 from scratch)")
     t.add_argument("--working-pixel-size", type=float, metavar="A", help="override the working pixel size (default diameter/20)")
     t.add_argument("--pixel-size", type=float, metavar="A", help="pixel size in Å of micrographs whose header has none (always needed for TIFF, PNG and JPEG)")
@@ -99,8 +110,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .labels import prepare_training_micrograph
     from .model import PickerModel, load_model
     from .preprocess import working_pixel_size
-    from .training import TrainConfig, train
+    from .training import train
 
+    config = train_config(args, args.lr or (1e-3 if args.from_model == "scratch" else 3e-4))
+    config.check()  # before anything is read
     out, checkpoint, plot = training_outputs(args.out, args.overwrite, args.resume)
     # A resume replaces the interrupted run's own model and plot, if it wrote them before it stopped.
     replace = args.overwrite or (args.resume and checkpoint.exists())
@@ -114,10 +127,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     masks = _masks_by_stem(args.masks)
     if args.from_model == "scratch":
         model = PickerModel.new(name=args.name or out.stem)
-        lr = args.lr or 1e-3
     else:
         model = load_model(args.from_model).copy(name=args.name or out.stem)
-        lr = args.lr or 3e-4
     if args.invert:
         model.invert = True
     data = []
@@ -137,19 +148,60 @@ def cmd_train(args: argparse.Namespace) -> int:
                 name=m.stem,
             )
         )
-    config = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps, lr=lr)
     if not args.resume:  # an earlier run's checkpoint (allowed by --overwrite) must not be continued
         checkpoint.unlink(missing_ok=True)
 
-    model = run_with_tqdm(train(model, data, config, checkpoint, device), "training", print_events)
+    runs_before = len(model.history)
+    gen = train(model, data, config, checkpoint, device)
+    try:
+        model = run_with_tqdm(gen, "training", print_events)
+    except KeyboardInterrupt:
+        gen.close()  # the model gets the best weights so far and a 'cancelled' history entry
+        if len(model.history) == runs_before or not model.history[-1]["best_epoch"]:
+            raise  # no epoch finished: nothing worth writing
+        _write_model(model, out, plot, replace)
+        print(f"napari-cryo pick: interrupted: wrote {out} with the best weights so far (epoch {model.history[-1]['best_epoch']}); "
+              f"the checkpoint {checkpoint} is kept: continue with --resume", file=sys.stderr)
+        return 130
+    _write_model(model, out, plot, replace)
+    checkpoint.unlink(missing_ok=True)
+    print(f"wrote {out}" + (f" and {plot}" if plot.exists() else ""))
+    return 0
+
+
+def train_config(args: argparse.Namespace, lr: float):
+    """The training settings of ``pick train``'s options.
+
+    ``--epochs N`` asks for exactly N epochs (no patience, no budget, a cosine
+    schedule); ``--patience``, ``--budget`` and ``--max-epochs`` given beside it
+    still apply.  Zero patience or budget means none.
+    """
+    from .training import TrainConfig
+
+    base = TrainConfig() if args.epochs is None else TrainConfig.fixed(args.epochs)
+    changes: dict = {"lr": lr}
+    if args.max_epochs is not None:
+        changes["epochs"] = args.max_epochs
+    if args.patience is not None:
+        changes["patience"] = args.patience or None
+    if args.budget is not None:
+        if args.budget < 0:
+            raise CryoInputError(None, f"--budget must be 0 (none) or more minutes, got {args.budget:g}")
+        changes["budget_s"] = args.budget * 60.0 if args.budget else None
+    if args.steps is not None:
+        changes["steps_per_epoch"] = args.steps
+    from dataclasses import replace
+
+    return replace(base, **changes)
+
+
+def _write_model(model, out: Path, plot: Path, replace: bool) -> None:
+    """Save the trained model and its loss plot."""
     if model.history:
         from ..plots import loss_figure, save_figure
 
         save_figure(loss_figure(model.history[-1]["losses"], title="picker training"), plot, overwrite=replace)
     model.save(out, overwrite=replace)
-    checkpoint.unlink(missing_ok=True)
-    print(f"wrote {out}" + (f" and {plot}" if plot.exists() else ""))
-    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:

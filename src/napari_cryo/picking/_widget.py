@@ -19,12 +19,16 @@ from napari.layers import Image
 from .._view import CryoView, find_layer, put_layer, reports_input_errors
 from ..errors import CryoInputError
 from ..layer_meta import PICKING_IMAGE, PICKING_ROLE
-from ..training_loop import EpochRecord
+from ..training_loop import STOP_WORDS, EpochRecord
 from .controller import GENERIC, PickingController, Role
 from .session import SOURCE_MANUAL
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
+
+#: The retrain button's defaults, the same as ``pick train``'s (:class:`~.training.TrainConfig`).
+DEFAULT_BUDGET_MIN = 5.0
+DEFAULT_MAX_EPOCHS = 100
 
 
 class PickingWidget(CryoView):
@@ -38,6 +42,10 @@ class PickingWidget(CryoView):
 
         self._image = w.create_widget(label="micrograph", annotation="napari.layers.Image")
         self._diameter = w.FloatSpinBox(label="diameter (Å)", min=10.0, max=5000.0, value=150.0, step=10.0)
+        self._pixel = w.FloatSpinBox(
+            label="pixel size (Å)", min=0.0, max=10000.0, value=0.0, step=0.1,
+            tooltip="0 = the layer's own; needed for TIFF, PNG and JPEG micrographs, which carry none",
+        )
         self._model = w.ComboBox(label="model", choices=[GENERIC], value=GENERIC)
         self._model_file = w.FileEdit(label="load model", mode="r", filter="*.pt")
         self._threshold = w.FloatSlider(label="threshold", min=0.02, max=0.98, step=0.01, value=0.5)
@@ -50,16 +58,20 @@ class PickingWidget(CryoView):
         self._paint = w.PushButton(text="Paint exclusion mask")
         self._reject = w.PushButton(text="Reject selected picks")
         self._name = w.LineEdit(label="new model name", value="retrained")
-        self._epochs = w.SpinBox(label="epochs", min=1, max=200, value=4)
+        self._budget = w.FloatSpinBox(
+            label="budget (min)", min=0.0, max=600.0, value=DEFAULT_BUDGET_MIN, step=1.0,
+            tooltip="longest retraining time; it stops sooner when your held-out picks stop improving (0 = no limit)",
+        )
+        self._epochs = w.SpinBox(label="max epochs", min=1, max=10000, value=DEFAULT_MAX_EPOCHS, tooltip="at most this many epochs")
         self._retrain = w.PushButton(text="Retrain on my picks")
         self._save_path = w.FileEdit(label="save model as", mode="w", filter="*.pt")
         self._save = w.PushButton(text="Save model")
         self._export_dir = w.FileEdit(label="export to", mode="d")
         self._export = w.PushButton(text="Export STAR")
         self.extend([
-            self._image, self._diameter, self._model, self._model_file, self._pick_current, self._pick_all, self._threshold,
-            self._count, self._min_distance, self._show_prob, self._brush, self._paint, self._reject, self._name, self._epochs,
-            self._retrain, self._save_path, self._save, self._export_dir, self._export,
+            self._image, self._diameter, self._pixel, self._model, self._model_file, self._pick_current, self._pick_all, self._threshold,
+            self._count, self._min_distance, self._show_prob, self._brush, self._paint, self._reject, self._name, self._budget,
+            self._epochs, self._retrain, self._save_path, self._save, self._export_dir, self._export,
         ])  # fmt: skip
         self.add_task_panel([self._pick_current, self._pick_all, self._retrain, self._save])
         self._figure, self._canvas = self.add_plot(200, "the loss curve appears here\nduring retraining")
@@ -116,7 +128,7 @@ class PickingWidget(CryoView):
         else:
             targets = [(self._image.value, self._plane(self._image.value))]
         self._sync()
-        jobs = self.controller.pick_jobs(targets, self._masks(), float(self._diameter.value))
+        jobs = self.controller.pick_jobs(targets, self._masks(), float(self._diameter.value), float(self._pixel.value) or None)
         return self.run(self.controller.pick, jobs, self._model.value, description="picking", on_returned=self._on_picked)
 
     def _on_picked(self, outputs: list) -> None:
@@ -214,11 +226,14 @@ class PickingWidget(CryoView):
         def on_returned(trained: Any) -> None:
             self.controller.add_model(name, trained)
             self._choose_model(name)
-            self.notify(f"model '{name}' trained on {len(jobs)} micrograph(s); re-picking")
+            run = trained.history[-1] if trained.history else {}
+            why = STOP_WORDS.get(run.get("stopped"), "done")
+            self.notify(f"model '{name}' trained on {len(jobs)} micrograph(s) ({why}; kept epoch {run.get('best_epoch', '?')}); re-picking")
             self.pick(all_micrographs=False)
 
+        budget = float(self._budget.value) * 60.0 or None
         return self.run(
-            self.controller.retrain, jobs, self._model.value, name, int(self._epochs.value),
+            self.controller.retrain, jobs, self._model.value, name, int(self._epochs.value), budget,
             description="retraining", on_yield=self._on_epoch, on_returned=on_returned,
         )
 

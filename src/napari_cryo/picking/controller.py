@@ -32,6 +32,7 @@ from ..layer_meta import (
     PIXEL_SIZE,
     PIXEL_SIZE_KNOWN,
     layer_pixel_size,
+    scale_is_placeholder,
 )
 from ..tasks import Progress
 from . import export
@@ -141,24 +142,35 @@ class PickingController:
         return model.save(path, overwrite=overwrite)
 
     # ------------------------------------------------------------------- picking
-    def pick_jobs(self, targets: Iterable[tuple[Any, int | None]], masks: Mapping[str, Any], diameter: float) -> list[PlaneJob]:
+    def pick_jobs(
+        self, targets: Iterable[tuple[Any, int | None]], masks: Mapping[str, Any], diameter: float, pixel_size: float | None = None
+    ) -> list[PlaneJob]:
         """Jobs for ``(image layer, plane)`` targets; plane ``None`` means every plane of a stack.
 
         ``masks`` maps an image's ``unique_id`` to its exclusion Labels data.
-        Fast: reads pixel sizes and array objects, no pixels.
+        ``pixel_size`` (Å), when given, replaces the layers' own: TIFF, PNG and
+        JPEG micrographs carry none.  Fast: reads pixel sizes and array
+        objects, no pixels.
 
         Raises
         ------
         CryoInputError
-            When a layer has no pixel size.
+            When a layer has no pixel size and none is given.
         """
+        if pixel_size is not None and not 0 < pixel_size <= 1e4:
+            raise CryoInputError(None, f"the pixel size must be from 0 to 10000 Å, got {pixel_size}")
         jobs = []
         for layer, plane in targets:
-            pixel_size = layer_pixel_size(layer)
+            if pixel_size is None and scale_is_placeholder(layer):
+                raise CryoInputError(
+                    layer.name,
+                    "has no pixel size (TIFF, PNG and JPEG files carry none): enter it in 'pixel size (Å)' or set the layer's scale",
+                )
+            layer_px = pixel_size if pixel_size is not None else layer_pixel_size(layer)
             self.images[layer.unique_id] = layer
             planes = [-1] if layer.ndim == 2 else (range(layer.data.shape[0]) if plane is None else [plane])
             jobs += [
-                PlaneJob((layer.unique_id, p), layer.name, layer.data, pixel_size, diameter, masks.get(layer.unique_id))
+                PlaneJob((layer.unique_id, p), layer.name, layer.data, layer_px, diameter, masks.get(layer.unique_id))
                 for p in planes
             ]
         return jobs
@@ -353,18 +365,28 @@ class PickingController:
             )
         return data
 
-    def retrain(self, jobs: Sequence[PlaneJob], base: str, name: str, epochs: int) -> Generator[Any, None, PickerModel]:
+    def retrain(
+        self, jobs: Sequence[PlaneJob], base: str, name: str, max_epochs: int | None = None, budget_s: float | None = 300.0
+    ) -> Generator[Any, None, PickerModel]:
         """Fine-tune a copy of model ``base`` as ``name`` on the jobs; a generator for a worker.
 
-        Yields :class:`~napari_cryo.tasks.Progress` and the training loop's
-        events; returns the trained model (not yet kept: see :meth:`add_model`).
+        Training stops when the held-out picks stop improving, when ``budget_s``
+        seconds are spent (None: no budget) or after ``max_epochs`` (None: the
+        default cap), whichever comes first, and keeps the best epoch
+        (:func:`~.training.train`).  Yields :class:`~napari_cryo.tasks.Progress`
+        (with an ETA) and the training loop's events; returns the trained model
+        (not yet kept: see :meth:`add_model`).
         """
         from .training import TrainConfig, train
 
+        config = TrainConfig(lr=3e-4, budget_s=budget_s)
+        if max_epochs is not None:
+            config.epochs = int(max_epochs)
+        config.check()
         yield Progress(0, None, "loading the model")
         model = self.model(base)
         data = yield from self.training_data(jobs, model.invert)
-        trained = yield from train(model.copy(name=name), data, TrainConfig(epochs=epochs, lr=3e-4))
+        trained = yield from train(model.copy(name=name), data, config)
         return trained
 
     # -------------------------------------------------------------------- export

@@ -4,6 +4,12 @@ A pick matches a true particle when it lies within ``match_radius`` of it
 (by default half the particle radius); picks are matched greedily in order
 of decreasing score, each true particle at most once, which is how
 detection benchmarks (and Topaz's own evaluation) count hits.
+
+For real micrographs, where the reference is another program's picks and
+not a complete truth, :func:`found_fraction` and :func:`dark_regions` give
+sanity checks: how many reference picks have a pick nearby, and where the
+large dark patches of ice contamination are, on which nothing should be
+picked.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 from scipy.spatial import cKDTree
 
 
@@ -116,3 +123,57 @@ def score_picks(
         n_true=int(n_true),
         curve={"scores": s, "precision": precision, "recall": recall},
     )
+
+
+def found_fraction(picks: np.ndarray, reference: np.ndarray, radius: float) -> float:
+    """Fraction of ``reference`` positions with at least one pick within ``radius``.
+
+    Unlike :func:`score_picks` this does not pair picks with references one
+    to one, so it measures recall only; both are (N, 2) arrays in the same
+    pixel units.
+    """
+    reference = np.asarray(reference, dtype=float).reshape(-1, 2)
+    picks = np.asarray(picks, dtype=float).reshape(-1, 2)
+    if len(reference) == 0:
+        return float("nan")
+    if len(picks) == 0:
+        return 0.0
+    distance, _ = cKDTree(picks).query(reference)
+    return float(np.mean(distance <= radius))
+
+
+def dark_regions(image: np.ndarray, diameter: float, min_area: float = 10.0, depth: float = 5.0) -> np.ndarray:
+    """Mask of large, very dark patches of a micrograph: ice contamination (dark particles assumed).
+
+    The image is smoothed over a fifth of a particle diameter, so particles
+    and noise fade while a thick patch stays dark; pixels more than
+    ``depth`` robust spreads (half the 16-84 % range) below the median are
+    dark, and connected dark regions of at least ``min_area`` particle
+    areas, holes filled, are kept.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        (Y, X) micrograph.
+    diameter : float
+        Particle diameter in pixels.
+    min_area : float
+        Smallest region kept, in particle areas (pi diameter^2 / 4).
+    depth : float
+        Darkness threshold in robust spreads.
+
+    Returns
+    -------
+    numpy.ndarray
+        (Y, X) boolean mask.
+    """
+    smooth = ndimage.gaussian_filter(np.asarray(image, dtype=np.float32), 0.2 * diameter)
+    lo, centre, hi = np.percentile(smooth, [16, 50, 84])
+    dark = smooth < centre - depth * max((hi - lo) / 2.0, 1e-12)
+    labels, n = ndimage.label(dark)
+    if n == 0:
+        return dark
+    area = np.bincount(labels.ravel(), minlength=n + 1)
+    big = area >= min_area * np.pi * diameter**2 / 4
+    big[0] = False
+    return ndimage.binary_fill_holes(big[labels])

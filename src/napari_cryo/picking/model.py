@@ -9,6 +9,7 @@ background, particle and junk — upsampled back to the working resolution.
 
 from __future__ import annotations
 
+import math
 import os
 import reprlib
 import unicodedata
@@ -34,6 +35,9 @@ GENERIC_MODEL = "generic.pt"
 MAX_WIDTH = 128
 MAX_FILE_BYTES = 256 * 2**20
 MAX_NAME_LENGTH = 200
+#: Local background removed by new models, in working pixels (two particle diameters).
+DEFAULT_HIGHPASS = 40.0
+MAX_HIGHPASS = 1000.0
 
 
 class ResidualBlock(nn.Module):
@@ -57,6 +61,35 @@ class ResidualBlock(nn.Module):
         return F.relu(y + self.shortcut(x))
 
 
+class LocalBackground(nn.Module):
+    """Subtracts a Gaussian-smoothed copy of the image: a fixed, not learned, high-pass.
+
+    Ice-thickness gradients, charging and the 1/f noise of real detectors put
+    most of a micrograph's power at scales far above a particle; removing what
+    varies more slowly than ``sigma`` working pixels (two diameters by default)
+    makes the network's input look alike across micrographs.  The blur runs on
+    a 4x-shrunk copy, so it costs almost nothing on a 4k micrograph.
+    """
+
+    def __init__(self, sigma: float) -> None:
+        super().__init__()
+        self.sigma = float(sigma)
+        small = max(self.sigma / 4.0, 0.5)
+        radius = int(math.ceil(3 * small))
+        t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        kernel = torch.exp(-0.5 * (t / small) ** 2)
+        self.register_buffer("kernel", (kernel / kernel.sum()).view(1, 1, 1, -1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        small = F.avg_pool2d(x, 4, ceil_mode=True) if min(h, w) >= 8 else x
+        r = self.kernel.shape[-1] // 2
+        pad_mode = "reflect" if min(small.shape[-2:]) > r else "replicate"
+        small = F.conv2d(F.pad(small, (r, r, 0, 0), mode=pad_mode), self.kernel)
+        small = F.conv2d(F.pad(small, (0, 0, r, r), mode=pad_mode), self.kernel.transpose(-1, -2))
+        return x - F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+
+
 class PickerNet(nn.Module):
     """Fully convolutional 3-class per-pixel classifier.
 
@@ -64,11 +97,16 @@ class PickerNet(nn.Module):
     ----------
     width : int
         Channels of the first stage; later stages use 2x and 4x.
+    highpass : float
+        Sigma in working pixels of the :class:`LocalBackground` removed first (0: none,
+        as in models before version 1.1 of the model file).
     """
 
-    def __init__(self, width: int = 16) -> None:
+    def __init__(self, width: int = 16, highpass: float = 0.0) -> None:
         super().__init__()
         w = width
+        self.highpass = float(highpass)
+        self.background = LocalBackground(highpass) if highpass > 0 else nn.Identity()
         self.stem = nn.Sequential(nn.Conv2d(1, w, 5, padding=2, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True))
         self.trunk = nn.Sequential(
             ResidualBlock(w, 2 * w, stride=2),
@@ -82,7 +120,7 @@ class PickerNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) normalised images -> (B, 3, H, W) logits."""
         h, w = x.shape[-2:]
-        logits = self.head(self.trunk(self.stem(x)))
+        logits = self.head(self.trunk(self.stem(self.background(x))))
         return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
 
 
@@ -111,6 +149,11 @@ class PickerModel:
     history: list[dict[str, Any]] = field(default_factory=list)
     width: int = 16
 
+    @property
+    def highpass(self) -> float:
+        """Sigma (working pixels) of the local background the network removes first (0: none)."""
+        return self.net.highpass
+
     def save(self, path: str | os.PathLike, overwrite: bool = False, half: bool = False) -> Path:
         """Write the model file atomically (``half`` stores float16 weights)."""
 
@@ -120,6 +163,7 @@ class PickerModel:
             "version": FORMAT_VERSION,
             "name": self.name,
             "width": self.width,
+            "highpass": self.highpass,
             "invert": self.invert,
             "threshold": self.threshold,
             "history": self.history,
@@ -144,6 +188,7 @@ class PickerModel:
         path = Path(path)
         payload = _read_payload(path)
         width = _integer(payload, "width", 16, 1, MAX_WIDTH, path)
+        highpass = _real(payload, "highpass", 0.0, 0.0, MAX_HIGHPASS, path)
         settings = {
             "name": _name(payload.get("name", path.stem), path),
             "invert": _flag(payload, "invert", path),
@@ -153,7 +198,7 @@ class PickerModel:
         state = payload.get("state_dict")
         if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
             raise CryoInputError(path, "holds no weights (state_dict is not a set of named tensors)")
-        net = PickerNet(width=width)
+        net = PickerNet(width=width, highpass=highpass)
         try:
             net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         except RuntimeError as exc:
@@ -171,10 +216,10 @@ class PickerModel:
             return cls.load(path)
 
     @classmethod
-    def new(cls, name: str = "untrained", width: int = 16, seed: int = 0) -> "PickerModel":
+    def new(cls, name: str = "untrained", width: int = 16, seed: int = 0, highpass: float = DEFAULT_HIGHPASS) -> "PickerModel":
         """A freshly initialised model."""
         torch.manual_seed(seed)
-        return cls(net=PickerNet(width=width), name=name, width=width)
+        return cls(net=PickerNet(width=width, highpass=highpass), name=name, width=width)
 
     def copy(self, name: str | None = None) -> "PickerModel":
         """A deep copy (for fine-tuning without touching the original)."""

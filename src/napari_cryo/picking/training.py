@@ -6,6 +6,24 @@ epoch, an :class:`~napari_cryo.training_loop.EpochRecord`; it returns the
 trained :class:`~.model.PickerModel`.  Closing the generator (the
 widget's Cancel) stops it between two steps; the last checkpoint stays.
 
+Training finishes the job by itself: it runs until a validation split of
+the user's own picks stops improving (``patience`` epochs), the time budget
+is spent, or ``epochs`` (a cap) are done, whichever comes first, and keeps
+the best epoch's weights (:class:`~napari_cryo.training_loop.EarlyStopping`).
+The learning rate is constant and halves when the validation stalls, since
+the last epoch is not known in advance.
+
+The validation split holds out particles, not micrographs: a fifth of the
+labelled particles (of at most :data:`MAX_VALIDATION_MICROGRAPHS`
+micrographs) lose their labels for training, disc and ring alike, so a user
+who picked one micrograph can validate too.  To the network they are then
+what every unpicked particle is, an unlabelled one; whether it still finds
+them is exactly what positive-unlabelled training can lose by going on too
+long.  After each epoch the network runs over those micrographs and
+:func:`validation_scores` measures, on the held-out labels only, a
+cross-entropy (particle discs against their background rings, each half of
+the loss) and the held-out particles' recall at the model's threshold.
+
 The loss has two parts.
 
 * Labelled pixels (particle discs, false positives, the rings around
@@ -26,17 +44,28 @@ import math
 import os
 from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from ..checkpoints import cosine_lr
 from ..errors import CryoInputError
 from ..tasks import Progress
-from ..training_loop import EpochRecord, Resumed, history_dicts, run_training
+from ..training_loop import STOP_CANCELLED, EarlyStopping, EpochRecord, Resumed, Stopped, history_dicts, run_training
 from .labels import FALSE_POSITIVE, UNLABELLED, TrainingMicrograph
 from .model import BACKGROUND, JUNK, PARTICLE, PickerModel
+from .preprocess import DIAMETER_PX
+
+#: Held-out particles come from at most this many micrographs, so validation stays cheap.
+MAX_VALIDATION_MICROGRAPHS = 10
+#: Fewer labelled particles than this: no validation split (too few to hold any out).
+MIN_VALIDATION_PARTICLES = 10
+#: Learning-rate schedules: constant, halved after ``lr_patience`` epochs without improvement;
+#: a cosine over ``epochs`` (for a fixed number of epochs); constant.
+SCHEDULES = ("plateau", "cosine", "constant")
 
 
 @dataclass
@@ -46,9 +75,9 @@ class TrainConfig:
     Attributes
     ----------
     epochs : int
-        Passes of ``steps_per_epoch`` batches.
+        At most this many passes of ``steps_per_epoch`` batches.
     steps_per_epoch : int
-        Batches per epoch.
+        Batches per epoch (and between two validations).
     batch_size : int
         Patches per batch.
     patch : int
@@ -56,45 +85,190 @@ class TrainConfig:
     lr : float
         Adam learning rate (lower when fine-tuning).
     val_fraction : float
-        Fraction of micrographs held out for validation (at least one when
-        there are two or more micrographs).
+        Fraction of the labelled particles held out for validation (0: none).
+    patience : int or None
+        Stop after this many epochs without a better validation (None or 0: never).
+    budget_s : float or None
+        Stop when the next epoch would end past this many seconds of training (None: no budget).
+    schedule : str
+        One of :data:`SCHEDULES`.
+    lr_patience : int
+        With the plateau schedule: halve the learning rate after this many epochs without improvement.
     false_positive_weight : float
         Weight of pixels at user-marked false positives.
     pu_weight : float
         Weight of the positive-unlabelled term.
     augment : bool
         Random rotation, flips, anisotropic scale, shear and noise.
-    cosine : bool
-        Decay the learning rate along a cosine to 5 % of ``lr`` by the end.
     seed : int
-        Random seed of patch sampling and augmentation.
+        Random seed of patch sampling, augmentation and the validation split.
     """
 
-    epochs: int = 4
-    steps_per_epoch: int = 50
+    epochs: int = 100
+    steps_per_epoch: int = 25
     batch_size: int = 8
     patch: int = 128
     lr: float = 1e-3
     val_fraction: float = 0.2
+    patience: int | None = 6
+    budget_s: float | None = 300.0
+    schedule: str = "plateau"
+    lr_patience: int = 3
     false_positive_weight: float = 4.0
     pu_weight: float = 1.0
     augment: bool = True
-    cosine: bool = True
     seed: int = 0
 
+    @classmethod
+    def fixed(cls, epochs: int, **kwargs: Any) -> "TrainConfig":
+        """Exactly ``epochs`` epochs: no patience, no budget, a cosine schedule (the best epoch is still kept)."""
+        return cls(**{"epochs": epochs, "patience": None, "budget_s": None, "schedule": "cosine", **kwargs})
+
+    def check(self) -> None:
+        """Raise :class:`CryoInputError` for settings out of range."""
+        problems = [
+            (self.epochs < 1, f"the number of epochs must be at least 1, got {self.epochs}"),
+            (self.steps_per_epoch < 1, f"steps per epoch must be at least 1, got {self.steps_per_epoch}"),
+            (self.patience is not None and self.patience < 0, f"patience must be 0 or more epochs, got {self.patience}"),
+            (self.budget_s is not None and not self.budget_s > 0, f"the time budget must be positive, got {self.budget_s}"),
+            (not 0 <= self.val_fraction < 1, f"the validation fraction must be from 0 to below 1, got {self.val_fraction}"),
+            (self.schedule not in SCHEDULES, f"the schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
+            (not self.lr > 0, f"the learning rate must be positive, got {self.lr}"),
+        ]
+        for bad, message in problems:
+            if bad:
+                raise CryoInputError(None, message)
+
     def key(self) -> str:
-        """A short hash identifying the settings (a checkpoint resumes only the same run)."""
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """A short hash identifying the settings (a checkpoint resumes only the same run).
+
+        When to stop (patience, budget; the number of epochs unless a cosine schedule depends
+        on it) is left out: a run may be resumed with a longer budget or another patience.
+        """
+        values = asdict(self)
+        for name in ("patience", "budget_s") + (() if self.schedule == "cosine" else ("epochs",)):
+            values.pop(name)
+        return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def split_validation(micrographs: Sequence[TrainingMicrograph], fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
-    """Indices of training and validation micrographs (no validation with fewer than two)."""
-    n = len(micrographs)
-    if n < 2 or fraction <= 0:
-        return list(range(n)), []
-    n_val = max(1, int(round(n * fraction)))
-    order = np.random.default_rng(seed).permutation(n)
-    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+@dataclass
+class ValidationMicrograph:
+    """The held-out labels of one micrograph.
+
+    Attributes
+    ----------
+    image : numpy.ndarray
+        The working-resolution image (shared with its training micrograph).
+    target : numpy.ndarray
+        ``PARTICLE`` at the held-out particles' discs, ``BACKGROUND`` in their rings, ``UNLABELLED`` elsewhere.
+    n_particles : int
+        Held-out particles.
+    """
+
+    image: np.ndarray
+    target: np.ndarray
+    n_particles: int
+
+
+def hold_out_particles(
+    micrographs: Sequence[TrainingMicrograph], fraction: float, seed: int = 0
+) -> tuple[list[TrainingMicrograph], list[ValidationMicrograph]]:
+    """Split the labelled particles into training and validation.
+
+    ``fraction`` of the labelled particles of up to :data:`MAX_VALIDATION_MICROGRAPHS`
+    micrographs (at least one per micrograph with two or more) lose their disc and
+    background ring in the training targets, which become unlabelled there; the
+    validation targets hold just those labels.  False positives and painted junk
+    stay in training.  No split with ``fraction`` 0 or fewer than
+    :data:`MIN_VALIDATION_PARTICLES` labelled particles.
+
+    Returns
+    -------
+    train : list of TrainingMicrograph
+        Every micrograph, with the held-out labels removed (new objects; the inputs are not changed).
+    val : list of ValidationMicrograph
+        The micrographs with held-out particles.
+    """
+    total = sum(m.n_labelled for m in micrographs)
+    if fraction <= 0 or total < MIN_VALIDATION_PARTICLES:
+        return list(micrographs), []
+    rng = np.random.default_rng(seed)
+    candidates = [i for i, m in enumerate(micrographs) if m.n_labelled >= 2]
+    chosen = set(rng.permutation(candidates)[:MAX_VALIDATION_MICROGRAPHS].tolist())
+    ring = 0.5 * DIAMETER_PX
+    train_set, val_set = [], []
+    for i, m in enumerate(micrographs):
+        labels, n = ndimage.label(m.target == PARTICLE)
+        if i not in chosen or n < 2:
+            train_set.append(m)
+            continue
+        centres = np.asarray(ndimage.center_of_mass(np.ones_like(labels), labels, np.arange(1, n + 1)), dtype=float).reshape(-1, 2)
+        n_out = min(n - 1, max(1, int(round(fraction * n))))
+        out = np.zeros(n + 1, dtype=bool)
+        out[1 + rng.choice(n, n_out, replace=False)] = True
+        disc = out[labels]
+        near_out = _within(m.target.shape, centres[out[1:]], ring)
+        near_kept = _within(m.target.shape, centres[~out[1:]], ring)
+        removed_ring = near_out & ~near_kept & (m.target == BACKGROUND)
+        train_target = m.target.copy()
+        train_target[disc | removed_ring] = UNLABELLED
+        val_target = np.full(m.target.shape, UNLABELLED, dtype=np.int8)
+        val_target[removed_ring] = BACKGROUND
+        val_target[disc] = PARTICLE
+        train_set.append(TrainingMicrograph(m.image, train_target, max(0, m.n_labelled - n_out), m.expected_particles, m.name))
+        val_set.append(ValidationMicrograph(m.image, val_target, n_out))
+    return train_set, val_set
+
+
+def _within(shape: tuple[int, ...], centres: np.ndarray, radius: float) -> np.ndarray:
+    """Pixels within ``radius`` of any centre."""
+    near = np.zeros(shape, dtype=bool)
+    if len(centres):
+        seeds = np.zeros(shape, dtype=bool)
+        idx = np.clip(np.round(centres).astype(int), 0, np.array(shape) - 1)
+        seeds[idx[:, 0], idx[:, 1]] = True
+        near = ndimage.distance_transform_edt(~seeds) <= radius
+    return near
+
+
+@torch.no_grad()
+def validation_scores(
+    model: PickerModel, micrographs: Sequence[ValidationMicrograph], device: torch.device | str = "cpu", threshold: float | None = None
+) -> tuple[float, float]:
+    """Loss and recall of the held-out particles.
+
+    Returns
+    -------
+    loss : float
+        Half the mean ``-log p(particle)`` over the held-out discs plus half the mean
+        ``-log(1 - p(particle))`` over their rings (NaN without held-out labels).
+    recall : float
+        Fraction of held-out particles whose disc reaches ``threshold`` (default the
+        model's) somewhere: those the model would pick.
+    """
+    threshold = model.threshold if threshold is None else threshold
+    model.net.eval()
+    pos_sum = neg_sum = 0.0
+    n_pos = n_neg = found = total = 0
+    for m in micrographs:
+        x = torch.from_numpy(np.ascontiguousarray(m.image, dtype=np.float32))[None, None].to(device)
+        log_p = torch.log_softmax(model.net(x), dim=1)[0]
+        log_part = log_p[PARTICLE].cpu().numpy()
+        log_not = torch.logsumexp(log_p[[BACKGROUND, JUNK]], dim=0).cpu().numpy()
+        pos, neg = m.target == PARTICLE, m.target == BACKGROUND
+        pos_sum += float(-log_part[pos].sum())
+        neg_sum += float(-log_not[neg].sum())
+        n_pos += int(pos.sum())
+        n_neg += int(neg.sum())
+        labels, n = ndimage.label(pos)
+        if n:
+            peak = np.asarray(ndimage.maximum(np.exp(log_part), labels, np.arange(1, n + 1)))
+            found += int(np.count_nonzero(peak >= threshold))
+            total += n
+    if not n_pos:
+        return math.nan, math.nan
+    loss = 0.5 * pos_sum / n_pos + (0.5 * neg_sum / n_neg if n_neg else 0.0)
+    return float(loss), found / total
 
 
 class PatchSampler:
@@ -238,24 +412,21 @@ def _border_weight(size: int, border: int = 16, low: float = 0.1) -> torch.Tenso
     return w
 
 
-@torch.no_grad()
-def validation_loss(model: PickerModel, micrographs: Sequence[TrainingMicrograph], weights: torch.Tensor, device: torch.device) -> float:
-    """Mean labelled cross-entropy over whole validation micrographs."""
-    model.net.eval()
-    total, norm = 0.0, 0.0
-    for m in micrographs:
-        x = torch.from_numpy(m.image)[None, None].to(device)
-        t = torch.from_numpy(m.target.astype(np.int64))[None].to(device)
-        t[t == FALSE_POSITIVE] = BACKGROUND
-        logits = model.net(x)
-        labelled = t >= 0
-        if not labelled.any():
-            continue
-        ce = F.cross_entropy(logits, t.clamp_min(0), reduction="none")
-        w = weights.to(device)[t.clamp_min(0)] * labelled
-        total += float((ce * w).sum())
-        norm += float(w.sum())
-    return total / norm if norm else float("nan")
+def _collect(gen: Generator[Any, None, Any], records: list[EpochRecord]) -> Generator[Any, None, Any]:
+    """``yield from gen``, keeping its epoch records (resumed ones too) in ``records``; closing this closes ``gen``."""
+    try:
+        while True:
+            try:
+                item = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            if isinstance(item, Resumed):
+                records[:] = list(item.history)
+            elif isinstance(item, EpochRecord):
+                records.append(item)
+            yield item
+    finally:
+        gen.close()
 
 
 def train(
@@ -264,8 +435,8 @@ def train(
     config: TrainConfig | None = None,
     checkpoint: str | os.PathLike | None = None,
     device: torch.device | str = "cpu",
-) -> Generator[Progress | Resumed | EpochRecord, None, PickerModel]:
-    """Train (or fine-tune) ``model`` in place; a generator (see module docstring).
+) -> Generator[Progress | Resumed | EpochRecord | Stopped, None, PickerModel]:
+    """Train (or fine-tune) ``model`` in place until it stops improving; a generator (see module docstring).
 
     Parameters
     ----------
@@ -276,32 +447,34 @@ def train(
     config : TrainConfig, optional
         Settings.
     checkpoint : path, optional
-        Written after every epoch; if it exists and was written by the same
-        settings and data, training resumes from it.
+        Written after every epoch (with the best weights so far); if it exists and was
+        written by the same settings and data, training resumes from it.
     device : torch.device or str
         Where to train.
 
     Yields
     ------
-    Progress, Resumed or EpochRecord
-        Progress per step; ``Resumed`` once after a checkpoint was restored; a record per epoch.
+    Progress, Resumed, EpochRecord or Stopped
+        Progress per step (with the best validation and an ETA); ``Resumed`` once after a
+        checkpoint was restored; a record per epoch; ``Stopped`` at the end.
 
     Returns
     -------
     PickerModel
-        The trained model (the same object).
+        The trained model (the same object) with the best epoch's weights.  Its last
+        ``history`` entry says why training stopped (``stopped``: patience, budget, max
+        epochs) and which epoch was kept (``best_epoch``).  When the generator is closed
+        or interrupted, the model gets the best weights so far and an entry with
+        ``stopped`` = cancelled before the exception goes on.
     """
     config = config or TrainConfig()
+    config.check()
     device = torch.device(device)
     if not micrographs:
         raise CryoInputError(None, "no micrographs to train on")
     if sum(m.n_labelled for m in micrographs) == 0:
         raise CryoInputError(None, "no labelled particles: pick some particles first")
-    tr_idx, val_idx = split_validation(micrographs, config.val_fraction, config.seed)
-    train_set = [micrographs[i] for i in tr_idx]
-    val_set = [micrographs[i] for i in val_idx]
-    if not any(m.n_labelled for m in train_set):
-        train_set, val_set = list(micrographs), []
+    train_set, val_set = hold_out_particles(micrographs, config.val_fraction, config.seed)
     weights = class_weights(train_set)
     net = model.net.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
@@ -318,7 +491,7 @@ def train(
         losses = []
         for step in range(config.steps_per_epoch):
             global_step = epoch * config.steps_per_epoch + step
-            if config.cosine:
+            if config.schedule == "cosine":
                 for group in opt.param_groups:
                     group["lr"] = cosine_lr(config.lr, global_step, total_steps)
             img, tgt, prior = sampler.batch()
@@ -335,21 +508,41 @@ def train(
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
-            yield Progress(global_step + 1, total_steps, f"epoch {epoch + 1}/{config.epochs}, loss {np.mean(losses[-10:]):.3f}")
+            yield Progress(global_step + 1, total_steps, f"epoch {epoch + 1}, loss {np.mean(losses[-10:]):.3f}")
         return float(np.mean(losses))
 
-    def validate(_epoch: int) -> float:
-        return validation_loss(model, val_set, weights, device) if val_set else math.nan
+    def validate(_epoch: int) -> tuple[float, float]:
+        return validation_scores(model, val_set, device) if val_set else (math.nan, math.nan)
 
-    history = yield from run_training(net, [opt], config.epochs, train_epoch, validate, checkpoint, run_key)
-    net.eval()
-    model.history = list(model.history) + [
-        {
-            "epochs": config.epochs,
-            "micrographs": len(micrographs),
-            "labelled_particles": int(sum(m.n_labelled for m in micrographs)),
-            "losses": history_dicts(history),
-            "config": asdict(config),
-        }
-    ]
+    stopping = EarlyStopping(
+        patience=config.patience,
+        budget_s=config.budget_s,
+        lr_patience=config.lr_patience if config.schedule == "plateau" else None,
+    )
+    records: list[EpochRecord] = []
+
+    def finish(reason: str | None) -> None:
+        net.eval()
+        model.history = list(model.history) + [
+            {
+                "epochs": len(records),
+                "max_epochs": config.epochs,
+                "stopped": reason or STOP_CANCELLED,
+                "best_epoch": stopping.best_epoch,
+                "best_val_loss": stopping.best_value,
+                "micrographs": len(micrographs),
+                "labelled_particles": int(sum(m.n_labelled for m in micrographs)),
+                "validation_particles": int(sum(v.n_particles for v in val_set)),
+                "losses": history_dicts(records),
+                "config": asdict(config),
+            }
+        ]
+
+    loop = run_training(net, [opt], config.epochs, train_epoch, validate, checkpoint, run_key, stopping)
+    try:
+        yield from _collect(loop, records)
+    except (GeneratorExit, KeyboardInterrupt):
+        finish(STOP_CANCELLED)
+        raise
+    finish(stopping.reason)
     return model

@@ -17,7 +17,43 @@ from scipy import ndimage
 
 from .structures import apply_ctf, ctf_2d, random_rotations, random_structure, splat_2d
 
-CARBON, CONTAMINATION = 1, 2
+CARBON, CONTAMINATION, GOLD = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class NoiseSpectrum:
+    """The shape of the noise power spectrum (white when both are 0).
+
+    Attributes
+    ----------
+    pink : float
+        Extra power falling as 1/|k| (ice thickness, charging, drift), as a
+        fraction of the white noise variance.
+    rolloff : float
+        Attenuation of the power at Nyquist, 0 (white) to 1: detector MTF and
+        dose weighting take power away from the highest frequencies.
+    """
+
+    pink: float = 0.0
+    rolloff: float = 0.0
+
+    def filter(self, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+        """Coloured Gaussian noise of unit white-part variance (plus ``pink`` in 1/f power)."""
+        ky = np.fft.fftfreq(shape[0])[:, None]
+        kx = np.fft.fftfreq(shape[1])[None, :]
+        k = np.sqrt(kx**2 + ky**2)
+        amp_white = np.sqrt(1.0 - self.rolloff * np.clip(k / 0.5, 0, 1) ** 2)
+        spectrum = np.fft.fft2(rng.normal(size=shape))
+        white = np.fft.ifft2(spectrum * amp_white).real
+        white /= max(float(white.std()), 1e-12)
+        if self.pink <= 0:
+            return white
+        kmin = 1.0 / max(shape)
+        amp_pink = 1.0 / np.sqrt(np.maximum(k, kmin))
+        amp_pink[0, 0] = 0.0
+        pink = np.fft.ifft2(spectrum * amp_pink).real
+        pink *= np.sqrt(self.pink) / max(float(pink.std()), 1e-12)
+        return white + pink
 
 
 @dataclass
@@ -45,6 +81,10 @@ class SyntheticMicrograph:
     snr : float
         Variance of the CTF-modulated particle signal over the micrograph
         divided by the noise variance.
+    particle_snr : float
+        Mean square of the particle signal inside the particles' discs over
+        the variance of the (white part of the) noise, at the pixel size the
+        SNR was stated for.
     """
 
     image: np.ndarray
@@ -56,6 +96,7 @@ class SyntheticMicrograph:
     diameter: float
     defocus: float
     snr: float
+    particle_snr: float = float("nan")
 
 
 def _carbon_mask(rng: np.random.Generator, shape: tuple[int, int], fraction: float) -> np.ndarray:
@@ -65,6 +106,28 @@ def _carbon_mask(rng: np.random.Generator, shape: tuple[int, int], fraction: flo
     d = np.cos(theta) * (xx - shape[1] / 2) + np.sin(theta) * (yy - shape[0] / 2)
     cut = np.quantile(d, 1.0 - fraction)
     return d > cut
+
+
+def _hole_mask(rng: np.random.Generator, shape: tuple[int, int], fraction: float) -> np.ndarray:
+    """Carbon outside a circular hole whose edge crosses the image, covering about ``fraction``."""
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    radius = max(shape) * rng.uniform(0.8, 3.0)
+    theta = rng.uniform(0, 2 * np.pi)
+    # Centre the hole off the image so its rim is a gentle arc.
+    cy = shape[0] / 2 - np.sin(theta) * radius * 0.6
+    cx = shape[1] / 2 - np.cos(theta) * radius * 0.6
+    d = np.hypot(yy - cy, xx - cx)
+    return d > np.quantile(d, 1.0 - fraction)
+
+
+def _gold_mask(rng: np.random.Generator, shape: tuple[int, int], n: int, radius_px: float) -> np.ndarray:
+    """Small round gold beads (fiducials or stray colloidal gold)."""
+    mask = np.zeros(shape, dtype=bool)
+    yy, xx = np.ogrid[0 : shape[0], 0 : shape[1]]
+    for _ in range(n):
+        cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+        mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= radius_px**2
+    return mask
 
 
 def _contamination_mask(rng: np.random.Generator, shape: tuple[int, int], n: int, radius_px: float) -> np.ndarray:
@@ -89,9 +152,16 @@ def place_particles(
     forbidden: np.ndarray | None = None,
     max_tries: int = 50,
 ) -> np.ndarray:
-    """Random non-overlapping centres (pixels, array order) avoiding ``forbidden``."""
+    """Random non-overlapping centres (pixels, array order) avoiding ``forbidden``.
+
+    Random sequential placement; a grid of cells one ``min_distance`` wide
+    keeps each test local, so thousands of particles (dense fields) place fast.
+    """
     ndim = len(shape)
     found: list[np.ndarray] = []
+    cells: dict[tuple[int, ...], list[np.ndarray]] = {}
+    cell = max(float(min_distance), 1e-9)
+    offsets = np.stack(np.meshgrid(*[[-1, 0, 1]] * ndim, indexing="ij"), -1).reshape(-1, ndim)
     lo = np.full(ndim, margin)
     hi = np.asarray(shape, dtype=float) - margin - 1
     for _ in range(n * max_tries):
@@ -100,9 +170,12 @@ def place_particles(
         p = rng.uniform(lo, hi)
         if forbidden is not None and forbidden[tuple(np.round(p).astype(int))]:
             continue
-        if found and np.min(np.linalg.norm(np.asarray(found) - p, axis=1)) < min_distance:
+        key = np.floor(p / cell).astype(int)
+        near = [q for o in offsets for q in cells.get(tuple(key + o), ())]
+        if near and np.min(np.linalg.norm(np.asarray(near) - p, axis=1)) < min_distance:
             continue
         found.append(p)
+        cells.setdefault(tuple(key), []).append(p)
     return np.asarray(found).reshape(-1, ndim)
 
 
@@ -119,6 +192,15 @@ def simulate_micrograph(
     ice_gradient: float = 0.3,
     seed: int = 0,
     structures: list[np.ndarray] | None = None,
+    particle_snr: float | None = None,
+    snr_pixel_size: float | None = None,
+    noise: NoiseSpectrum | None = None,
+    spacing: float = 1.05,
+    n_gold: int = 0,
+    gold_diameter: float = 100.0,
+    carbon_hole: bool = False,
+    atom_sigma: float = 4.0,
+    contamination_size: float = 2.5,
 ) -> SyntheticMicrograph:
     """Simulate one micrograph.
 
@@ -148,6 +230,24 @@ def simulate_micrograph(
         Random seed.
     structures : list of numpy.ndarray, optional
         Pseudo-atomic models to use instead of random ones.
+    particle_snr : float, optional
+        Per-particle SNR (see :class:`SyntheticMicrograph`); replaces ``snr``.
+    snr_pixel_size : float, optional
+        The pixel size (Å) ``particle_snr`` is stated at, when the simulation
+        runs at a coarser one: white noise averages down with the pixel area,
+        so the simulated noise variance is scaled by ``(snr_pixel_size / pixel_size) ** 2``.
+    noise : NoiseSpectrum, optional
+        Coloured noise (default white).
+    spacing : float
+        Closest centre-to-centre distance in diameters (below 1: particles touch).
+    n_gold : int
+        Gold beads of ``gold_diameter`` Å, labelled as junk (``GOLD``).
+    carbon_hole : bool
+        Carbon lies outside the curved rim of a hole rather than beyond a straight edge.
+    atom_sigma : float
+        Gaussian blur of each (pseudo-)atom in Å.
+    contamination_size : float
+        Mean semi-axis of the contamination blobs in particle radii.
 
     Returns
     -------
@@ -160,11 +260,13 @@ def simulate_micrograph(
 
     junk = np.zeros(shape, dtype=np.uint8)
     if carbon_fraction > 0:
-        junk[_carbon_mask(rng, shape, carbon_fraction)] = CARBON
+        junk[(_hole_mask if carbon_hole else _carbon_mask)(rng, shape, carbon_fraction)] = CARBON
     if n_contamination > 0:
-        junk[_contamination_mask(rng, shape, n_contamination, 2.5 * radius_px)] = CONTAMINATION
+        junk[_contamination_mask(rng, shape, n_contamination, contamination_size * radius_px)] = CONTAMINATION
+    if n_gold > 0:
+        junk[_gold_mask(rng, shape, n_gold, gold_diameter / 2.0 / pixel_size)] = GOLD
     forbidden = ndimage.binary_dilation(junk > 0, iterations=max(1, int(radius_px)))
-    picks = place_particles(rng, shape, n_particles, 2.1 * radius_px, radius_px + 2, forbidden)
+    picks = place_particles(rng, shape, n_particles, 2.0 * spacing * radius_px, radius_px + 2, forbidden)
     which = rng.integers(0, len(structures), len(picks))
     angles = random_rotations(rng, len(picks))
 
@@ -176,7 +278,7 @@ def simulate_micrograph(
         xy = (structures[s] @ a.T)[:, :2] / pixel_size
         xy_all.append(xy + p[::-1])
     xy_all_arr = np.concatenate(xy_all) if xy_all else np.zeros((0, 2))
-    density = splat_2d(xy_all_arr, shape, 4.0 / pixel_size)
+    density = splat_2d(xy_all_arr, shape, atom_sigma / pixel_size)
     density /= max(density.max(), 1e-9)
 
     astig = 0.05 * defocus
@@ -193,10 +295,26 @@ def simulate_micrograph(
     yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
     ramp = 1.0 - ice_gradient * (xx / shape[1] * 0.7 + yy / shape[0] * 0.3)
     signal_var = float(np.var(signal)) if np.var(signal) > 0 else 1.0
-    noise = rng.normal(scale=np.sqrt(signal_var / snr), size=shape)
-    image = (signal + junk_signal) * ramp + noise * np.sqrt(1.0 + 0.3 * (1.0 - ramp))
+    inside = _disc_mask(shape, picks, radius_px)
+    particle_power = float(np.mean((signal[inside] - signal.mean()) ** 2)) if inside.any() else signal_var
+    if particle_snr is not None:
+        factor = (snr_pixel_size or pixel_size) / pixel_size
+        noise_var = particle_power / particle_snr * factor**2
+        snr = signal_var / noise_var
+    else:
+        noise_var = signal_var / snr
+    if noise is None:
+        noise_field = rng.normal(scale=np.sqrt(noise_var), size=shape)
+    else:
+        noise_field = noise.filter(shape, rng) * np.sqrt(noise_var)
+    image = (signal + junk_signal) * ramp + noise_field * np.sqrt(1.0 + 0.3 * (1.0 - ramp))
     image -= (clumps * 0.5 * np.sqrt(signal_var / snr))  # contamination is dark in the image too
+    if n_gold > 0:
+        # Gold scatters far more than protein or ice: nearly black, with a CTF fringe.
+        beads = ndimage.gaussian_filter((junk == GOLD).astype(float), 0.5)
+        image -= apply_ctf(beads, np.abs(ctf) ** 0.25) * 8.0 * np.sqrt(noise_var)
     image = (image - image.mean()) / image.std()
+    measured_snr = particle_power / noise_var * ((snr_pixel_size or pixel_size) / pixel_size) ** 2 if noise_var > 0 else float("inf")
     return SyntheticMicrograph(
         image=image.astype(np.float32),
         pixel_size=pixel_size,
@@ -207,4 +325,16 @@ def simulate_micrograph(
         diameter=diameter,
         defocus=defocus,
         snr=snr,
+        particle_snr=measured_snr,
     )
+
+
+def _disc_mask(shape: tuple[int, int], centres: np.ndarray, radius: float) -> np.ndarray:
+    """Pixels within ``radius`` of any centre."""
+    mask = np.zeros(shape, dtype=bool)
+    if not len(centres):
+        return mask
+    seeds = np.zeros(shape, dtype=bool)
+    idx = np.clip(np.round(centres).astype(int), 0, np.array(shape) - 1)
+    seeds[idx[:, 0], idx[:, 1]] = True
+    return ndimage.distance_transform_edt(~seeds) <= radius
