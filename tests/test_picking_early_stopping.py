@@ -28,6 +28,8 @@ from napari_cryo.training_loop import (
     run_training,
 )
 
+TORCH_THREADS = 1  # tiny tensors: threads only stall when other jobs share the CPU
+
 # --- the shared loop, on a scripted job ---------------------------------------------------------------------------------
 
 
