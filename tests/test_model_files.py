@@ -331,7 +331,7 @@ def test_torch_archives_with_compressed_members_are_refused_unread(tmp_path, mon
 
 def test_a_group_is_checked_before_its_models_are_read(tmp_path, monkeypatch):
     member = _tiny_segmentation().to_bytes()
-    newer = _group_file(tmp_path / "newer.scnmgroup", {"models/00_a.scnm": member}, {"format": group_module.FORMAT, "version": 2})
+    newer = _group_file(tmp_path / "newer.scnmgroup", {"models/00_a.scnm": member}, {"format": group_module.FORMAT, "version": group_module.FORMAT_VERSION + 1})
     many = _group_file(tmp_path / "many.scnmgroup", {f"models/{i:03d}_a.scnm": b"" for i in range(group_module.MAX_MODELS + 1)})
     empty = _group_file(tmp_path / "empty.scnmgroup", {})
     _forbid(monkeypatch, SegmentationModel, "from_bytes")

@@ -39,7 +39,7 @@ def _run(capsys, *argv) -> tuple[int, str, str]:
 def test_train_group_apply_pick_mesh(capsys, painted, tmp_path):
     code, out, err = _run(
         capsys, "segment", "train", painted["tomo"], "--labels", painted["labels"], "--feature", "membrane=1", "--feature", "carbon=2",
-        "--box", 32, "--epochs", 2, "--boxes-per-slice", 6, "--copies", 2, "--out", tmp_path / "run", "--device", "cpu",
+        "--box", 32, "--epochs", 2, "--budget", 0, "--boxes-per-slice", 6, "--copies", 2, "--out", tmp_path / "run", "--device", "cpu",
     )
     assert code == 0, err
     membrane, carbon = tmp_path / "run_membrane.scnm", tmp_path / "run_carbon.scnm"
@@ -56,11 +56,13 @@ def test_train_group_apply_pick_mesh(capsys, painted, tmp_path):
     assert code == 0, err
     loaded = ModelGroup.load(group)
     assert loaded.titles == ["membrane", "carbon"] and loaded.graph.interactions[0].kind == "avoid"
+    assert loaded.graph.interactions[0].mode == "robust"  # the default of a new interaction
     assert loaded.graph.emit == {"carbon"} and loaded.graph.absorb == {"membrane"}
 
     out_dir = tmp_path / "seg"
     code, out, err = _run(capsys, "segment", "apply", group, painted["tomo"], "--out", out_dir, "--device", "cpu")
     assert code == 0, err
+    assert "tomo.mrc: membrane avoids carbon: removes " in err  # each interaction's effect
     seg = out_dir / "tomo__membrane.mrc"
     assert seg.exists() and (out_dir / "tomo__carbon.mrc").exists()
     data, info = read_mrc(seg)

@@ -89,7 +89,7 @@ def test_preview_job_uses_the_models_of_when_it_was_made():
     controller.session.add_model(SegmentationModel.new("vgg", "membrane", box_size=32, pixel_size=12.0))
     job = controller.preview(tomo, 100)
     controller.session.add_model(SegmentationModel.new("vgg", "carbon", box_size=32, pixel_size=12.0))
-    z, probabilities = job()
+    z, probabilities, effects = job()
     assert z == 15 and list(probabilities) == ["membrane"] and probabilities["membrane"].shape == (40, 40)
 
 

@@ -205,11 +205,11 @@ def test_group_file_round_trip_and_checks(tmp_path):
 def test_train_learns_resumes_and_previews(slab_tomogram, tmp_path):
     data, truth = slab_tomogram
     feature = Feature("bars", 1, "#ff0000")
-    settings = TrainSettings(epochs=4, batch_size=16, lr=3e-3, val_fraction=0.2, boxes=BoxSettings(box=32, positives_per_slice=12, copies=2))
+    settings = TrainSettings(epochs=4, batch_size=16, lr=3e-3, val_fraction=0.2, patience=0, budget_s=None, boxes=BoxSettings(box=32, positives_per_slice=12, copies=2))
     plane = data.volume[5]
     stats = normalisation(data.volume)
     ckpt = tmp_path / "bars.ckpt"
-    gen = train_feature([data], feature, "vgg", settings, checkpoint=ckpt, preview=lambda: (5, plane, 10.0, stats))
+    gen = train_feature([data], feature, "vgg", settings, checkpoint=ckpt, preview=lambda: (5, data.volume, 10.0, stats))
     model, items = drain(gen)
     records = [i for i in items if isinstance(i, EpochRecord)]
     previews = [i for i in items if isinstance(i, SlicePreview)]
@@ -261,7 +261,7 @@ def test_session_rules_and_preview(slab_tomogram):
     with pytest.raises(CryoInputError, match="carbon"):
         session.add_interaction(Interaction("particle", "carbon", "avoid"))
     session.set_competition("membrane", emit=True, absorb=False)
-    out = session.preview(data.volume[0], 10.0, normalisation(data.volume))
+    out = session.preview(data.volume, 0, 10.0, normalisation(data.volume))
     assert set(out) == {"membrane", "particle"} and out["membrane"].shape == data.volume.shape[1:]
     session.remove_model("membrane")
     assert session.graph.interactions == [] and session.graph.emit == set()

@@ -31,6 +31,8 @@ def slab_and_blob(blob_x: int = 15) -> dict[str, np.ndarray]:
 
 
 def graph_of(*rules: str, emit=(), absorb=()) -> InteractionGraph:
+    """The rules in plain mode (voxel by voxel, the parent's bare mask) unless they name a mode: what this file tests."""
+    rules = [r if "mode=" in r else f"{r} mode=plain" for r in rules]
     return InteractionGraph([parse_interaction(r) for r in rules], set(emit), set(absorb))
 
 
@@ -249,9 +251,10 @@ def test_pixel_size_must_be_positive():
         ("ribosome avoids membrane radius=5 threshold=0.6", Interaction("ribosome", "membrane", "avoid", 0.6, 5.0)),
         ("ribosome avoid membrane", Interaction("ribosome", "membrane", "avoid")),
         ("ribo colocalizes with mem threshold=0.3 radius=2.5", Interaction("ribo", "mem", "colocalize", 0.3, 2.5)),
-        ("ribo Colocalizes mem RADIUS=1", Interaction("ribo", "mem", "colocalize", 0.5, 1.0)),
+        ("ribo Colocalizes mem RADIUS=1", Interaction("ribo", "mem", "colocalize", None, 1.0)),
+        ("ribo avoids mem threshold=AUTO mode=Plain", Interaction("ribo", "mem", "avoid", None, 0.0, "plain")),
         ("  ribo   colocalize  with  mem  ", Interaction("ribo", "mem", "colocalize")),
-        ("ribo colocalises mem radius_nm=4", Interaction("ribo", "mem", "colocalize", 0.5, 4.0)),
+        ("ribo colocalises mem radius_nm=4", Interaction("ribo", "mem", "colocalize", None, 4.0)),
     ],
 )
 def test_parse_interaction(text, expected):
@@ -292,7 +295,8 @@ def test_parse_errors_are_clear(text, problem):
 def test_interaction_dict_round_trip_and_validation():
     inter = Interaction("a", "b", "colocalize", 0.25, 3.0)
     assert Interaction.from_dict(json.loads(json.dumps(inter.to_dict()))) == inter
-    assert Interaction.from_dict({"child": "a", "parent": "b", "kind": "avoid"}) == Interaction("a", "b", "avoid")
+    # Without the fields added later, a stored interaction keeps its old meaning: threshold 0.5, plain.
+    assert Interaction.from_dict({"child": "a", "parent": "b", "kind": "avoid"}) == Interaction("a", "b", "avoid", 0.5, 0.0, "plain")
     bad = [
         ({"child": "a", "parent": "b", "kind": "repel"}, "kind"),
         ({"child": "a", "parent": "b", "kind": "avoid", "threshold": "0.5"}, "threshold must be a number"),

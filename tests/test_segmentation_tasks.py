@@ -79,6 +79,7 @@ def _slowed(monkeypatch, module, name, seconds=0.5):
 
 def test_train_and_segment_keep_the_gui_responsive(widget, longest_gui_gap):
     widget._epochs.value = 2
+    widget._budget.value = 0
     widget.viewer.dims.set_current_step(0, 6)
     gap = longest_gui_gap(lambda: widget.train(["membrane"]), lambda: widget.worker is None)
     assert set(widget.session.models) == {"membrane"} and gap < 0.2, gap

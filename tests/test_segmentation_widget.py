@@ -45,6 +45,7 @@ def test_paint_train_interact_segment_pick_mesh(tomogram_viewer, qtbot, tmp_path
 
     widget._box.value = 32
     widget._epochs.value = 2
+    widget._budget.value = 0  # exactly two epochs, however busy the machine
     viewer.dims.set_current_step(0, 10)
     _wait(qtbot, widget, widget.train(["membrane", "carbon"]))
     assert set(widget.session.models) == {"membrane", "carbon"}
@@ -147,3 +148,27 @@ def test_annotations_of_several_tomograms_are_pooled(tomogram_viewer):
     pooled = widget.controller.annotated_tomograms(sources, {f.name: f for f in widget.features()})
     assert [p.name for p in pooled] == ["tomo", "tomo2"]
     assert set(np.unique(pooled[1].labels[3])) == {0, 1}  # membrane is 1 in the chosen table
+
+
+def test_live_preview_shows_what_each_interaction_removes(tomogram_viewer, qtbot):
+    from napari_cryo.segmentation._models_widget import COLUMNS
+    from napari_cryo.segmentation._widget import SegmentationWidget
+    from napari_cryo.segmentation.model import SegmentationModel
+
+    viewer, _ = tomogram_viewer
+    widget = SegmentationWidget(viewer)
+    widget._tomogram.value = viewer.layers["tomo"]
+    for title in ("membrane", "particle"):  # untrained: the counts only need some output
+        widget.session.add_model(SegmentationModel.new("vgg", title, box_size=32, pixel_size=12.0))
+    panel = widget.models
+    panel.refresh()
+    panel.edge_child.value, panel.edge_kind.value, panel.edge_parent.value = "particle", "colocalize", "membrane"
+    panel.add_from_controls()
+    removes = lambda: panel.table.item(0, len(COLUMNS) - 1)  # noqa: E731
+    assert removes().text() == ""
+    viewer.dims.set_current_step(0, 10)
+    widget._live.value = True
+    qtbot.waitUntil(lambda: widget.preview.worker is None and " of " in removes().text(), timeout=60000)
+    assert removes().toolTip().endswith("(slice 10)")
+    _wait(qtbot, widget, widget.segment())
+    assert "tomo, whole tomogram" in removes().toolTip() and " of " in removes().text()

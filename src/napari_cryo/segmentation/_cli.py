@@ -36,13 +36,18 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--architecture", default=architectures.DEFAULT, help=f"network architecture by name (default {architectures.DEFAULT}; see --list-architectures)")
     t.add_argument("--out", required=True, metavar="MODEL.scnm", help="model file (one feature) or directory / name prefix (several)")
     t.add_argument("--box", type=int, default=64, help="training box size in pixels (multiple of 16; default 64)")
-    t.add_argument("--epochs", type=int, default=25)
+    t.add_argument("--epochs", type=int, default=100, help="most epochs (default 100); training stops sooner when the validation loss stops improving or the budget is spent")
+    t.add_argument("--budget", type=float, default=150.0, metavar="SECONDS", help="training time per feature (default 150; 0: no limit)")
+    t.add_argument("--patience", type=int, default=6, help="stop after this many epochs without a better validation loss (default 6; 0: never)")
     t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=5e-3)
-    t.add_argument("--copies", type=int, default=4, help="augmented copies of each box (default 4)")
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--context", type=int, default=5, metavar="SLICES", help="slices the model sees around each one it segments (odd; default 5; 1: single slices)")
+    t.add_argument("--no-augment", action="store_true", help="train on the boxes as painted (no random rotation, zoom, blur, noise or contrast)")
+    t.add_argument("--copies", type=int, default=1, help="copies of each box per epoch (default 1; each is augmented afresh)")
     t.add_argument("--negative-ratio", type=float, default=1.3, help="negative boxes per positive box (default 1.3)")
     t.add_argument("--boxes-per-slice", type=int, default=24, help="positive boxes per annotated slice (default 24)")
-    t.add_argument("--validation", type=float, default=0.0, metavar="FRACTION", help="fraction of boxes held out for validation")
+    t.add_argument("--validation", type=float, default=0.2, metavar="FRACTION",
+                   help="fraction of the painted slices held out to stop early and calibrate the output (default 0.2; 0: none)")
     t.add_argument("--model-pixel-size", type=float, metavar="A", help="pixel size the model works at (default: the first tomogram's)")
     t.add_argument("--pixel-size", type=float, metavar="A", help="pixel size of tomograms whose header has none")
     t.add_argument("--threshold", type=float, default=0.5, help="default threshold stored in the model")
@@ -57,7 +62,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
     g = sub.add_parser("group", help="combine models into a group with interactions")
     g.add_argument("models", nargs="+", help=".scnm files (or .scnmgroup files, whose interactions are kept)")
-    g.add_argument("--interaction", action="append", default=[], metavar="'CHILD avoids|colocalizes PARENT radius=NM threshold=T'", help="an interaction (repeat for several)")
+    g.add_argument("--interaction", action="append", default=[], metavar="'CHILD avoids|colocalizes PARENT radius=NM [threshold=T|auto] [mode=robust|plain]'",
+                   help="an interaction (repeat for several); threshold defaults to auto (the parent model's own), mode to robust "
+                        "(the parent's mask without specks; the child's objects kept or removed whole; plain: voxel by voxel)")
     g.add_argument("--emit", action="append", default=[], metavar="MODEL", help="a model that competes by emitting (repeat)")
     g.add_argument("--absorb", action="append", default=[], metavar="MODEL", help="a model zeroed where any emitting model scores higher (repeat)")
     g.add_argument("--out", required=True, metavar="GROUP.scnmgroup")
@@ -119,6 +126,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..tasks import run_with_tqdm
     from ..training_loop import print_events
     from . import architectures
+    from .augment import Augmentation
     from .dataset import AnnotatedTomogram, BoxSettings
     from .features import check_unique, parse_feature
     from .files import load_labels, load_volume
@@ -140,13 +148,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         vol = load_volume(tomo_path, args.pixel_size)
         labels = load_labels(label_path, vol.data.shape, tomo_path)
         tomograms.append(AnnotatedTomogram(vol.data, labels, vol.pixel_size, str(tomo_path)))
+    if args.context < 1 or args.context % 2 == 0:
+        raise CryoInputError(None, f"--context must be an odd number of slices, not {args.context}")
+    if args.budget < 0 or args.patience < 0 or args.epochs < 1:
+        raise CryoInputError(None, "--epochs must be at least 1, --budget and --patience not negative")
     settings = TrainSettings(
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         val_fraction=args.validation,
-        boxes=BoxSettings(box=args.box, positives_per_slice=args.boxes_per_slice, negative_ratio=args.negative_ratio, copies=args.copies, seed=args.seed),
+        boxes=BoxSettings(box=args.box, positives_per_slice=args.boxes_per_slice, negative_ratio=args.negative_ratio, copies=args.copies,
+                          seed=args.seed, context=args.context),
         seed=args.seed,
+        patience=args.patience,
+        budget_s=args.budget or None,
+        augmentation=Augmentation.none() if args.no_augment else Augmentation(),
     )
     print(f"training {len(features)} model(s) ({arch.name}) on {describe_device(device)}", file=sys.stderr)
     for feature, out in zip(features, models):
@@ -202,6 +218,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from ..tasks import run_with_tqdm
     from .files import load_volume, write_segmentation
     from .group import load_models
+    from .interactions import InteractionEffects
 
     group = load_models([args.model])
     out_dir = Path(args.out)
@@ -215,7 +232,13 @@ def cmd_apply(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
     for vol, paths in zip(volumes, outputs):
-        result = run_with_tqdm(group.apply(vol.data, vol.pixel_size, device), vol.path.name)
+
+        def report(value, name: str = vol.path.name) -> None:
+            if isinstance(value, InteractionEffects):  # what each interaction removed, on stderr
+                for line in value.describe():
+                    print(f"{name}: {line}", file=sys.stderr)
+
+        result = run_with_tqdm(group.apply(vol.data, vol.pixel_size, device), vol.path.name, on_value=report)
         for title, probs in result.items():
             write_segmentation(paths[title], probs, vol.pixel_size, vol.origin, title, overwrite=True)
             print(paths[title])

@@ -16,6 +16,7 @@ from .._view import find_layer, in_turns, put_layer
 from ..errors import CryoInputError
 from ..layer_meta import OUTPUT, LayerData
 from .controller import SegmentationController, TomogramRef
+from .interactions import InteractionEffects
 
 
 def find_output(viewer: Any, key: str):
@@ -60,11 +61,16 @@ class LivePreview:
         Returns the slice to preview.
     notify : callable
         ``notify(message, error=True)`` for a failed preview.
+    on_effects : callable, optional
+        ``on_effects(effects, where)`` with what each interaction removed on the slice shown
+        (``where`` is e.g. ``"slice 12"``).
     """
 
     def __init__(self, viewer: Any, controller: SegmentationController, tomogram: Callable[[], TomogramRef],
-                 z: Callable[[], int], notify: Callable[..., None]) -> None:
+                 z: Callable[[], int], notify: Callable[..., None],
+                 on_effects: Callable[[InteractionEffects, str], Any] | None = None) -> None:
         self.viewer, self.controller, self.tomogram, self.z, self.notify = viewer, controller, tomogram, z, notify
+        self.on_effects = on_effects
         self.worker = None
         self._pending = False
 
@@ -95,7 +101,9 @@ class LivePreview:
             self._pending = False
             self.request()
 
-    def show(self, tomo: TomogramRef, z: int, probabilities: dict) -> None:
-        """Show slice ``z``'s probabilities, one overlay per feature (nothing once the tomogram is gone)."""
+    def show(self, tomo: TomogramRef, z: int, probabilities: dict, effects: InteractionEffects | None = None) -> None:
+        """Show slice ``z``'s probabilities, one overlay per feature, and what the interactions removed (nothing once the tomogram is gone)."""
         if any(str(layer.unique_id) == tomo.key for layer in self.viewer.layers):
             show_all(self.viewer, self.controller.preview_layers(tomo, z, probabilities))
+            if effects is not None and self.on_effects is not None:
+                self.on_effects(effects, f"slice {z}")

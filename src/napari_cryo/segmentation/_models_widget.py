@@ -1,13 +1,15 @@
 """The models panel of the segmentation view: thresholds, competition, files, interactions and their diagram.
 
 A magicgui container over the controller's :class:`~.session.SegmentationSession`: the
-interaction table (kind, threshold and radius editable) and the graph drawing
-(:mod:`.diagram`) are redrawn from the session after every change.
+interaction table (kind, threshold, radius and mode editable) and the graph drawing
+(:mod:`.diagram`) are redrawn from the session after every change.  The table's last
+column says how many objects of the child each interaction removes, as the view last
+reported them (:meth:`ModelPanel.show_effects`, after a live preview or a segmentation).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,10 @@ from ..errors import CryoInputError
 from ..plots import qt_figure_canvas
 from .controller import SegmentationController
 from .diagram import graph_figure
-from .interactions import KINDS, Interaction
+from .interactions import KINDS, MODES, Interaction, InteractionEffect, InteractionEffects, threshold_text
 
-COLUMNS = ["child", "interaction", "parent", "threshold", "radius (nm)"]
+COLUMNS = ["child", "interaction", "parent", "threshold", "radius (nm)", "mode", "removes"]
+_EDITABLE = (1, 3, 4, 5)  # kind, threshold, radius, mode; changing the ends of an edge is a new edge
 
 
 class ModelPanel(Container):
@@ -55,11 +58,17 @@ class ModelPanel(Container):
         self.edge_child = ComboBox(label="child", choices=titles)
         self.edge_kind = ComboBox(label="interaction", choices=list(KINDS), value="colocalize")
         self.edge_parent = ComboBox(label="parent", choices=titles)
-        self.edge_threshold = FloatSpinBox(label="parent threshold", min=0.01, max=0.99, step=0.05, value=0.5)
+        self.edge_auto = CheckBox(text="parent threshold: the parent model's own", value=True)
+        self.edge_threshold = FloatSpinBox(label="parent threshold", min=0.01, max=0.99, step=0.05, value=0.5, enabled=False)
         self.edge_radius = FloatSpinBox(label="radius (nm)", min=0.0, max=1000.0, step=1.0, value=10.0)
+        self.edge_mode = ComboBox(label="mode", choices=list(MODES), value="robust",
+                                  tooltip="robust: the parent's mask without specks, child objects kept or removed whole; plain: the parent's mask, voxel by voxel")
         add, remove = PushButton(text="Add interaction"), PushButton(text="Remove selected interaction")
         self.extend([self.model, self.threshold, self.emit, self.absorb, self.model_file, load, save, save_group,
-                     self.edge_child, self.edge_kind, self.edge_parent, self.edge_threshold, self.edge_radius, add, remove])
+                     self.edge_child, self.edge_kind, self.edge_parent, self.edge_auto, self.edge_threshold, self.edge_radius,
+                     self.edge_mode, add, remove])
+        self._effects: tuple[InteractionEffect, ...] = ()
+        self._effects_where = ""
         self.table = self._make_table()
         self.figure, self.canvas = qt_figure_canvas(200)
         for w in (self.table, self.canvas):
@@ -69,6 +78,7 @@ class ModelPanel(Container):
         self.threshold.changed.connect(self._set_threshold)
         self.emit.changed.connect(self._set_competition)
         self.absorb.changed.connect(self._set_competition)
+        self.edge_auto.changed.connect(lambda auto: setattr(self.edge_threshold, "enabled", not auto))
         load.changed.connect(lambda: self.load_models(self.model_file.value))
         save.changed.connect(lambda: self.save_model(self.model_file.value))
         save_group.changed.connect(lambda: self.save_group(self.model_file.value))
@@ -159,7 +169,8 @@ class ModelPanel(Container):
         try:
             self.session.add_interaction(Interaction(
                 child=str(self.edge_child.value), parent=str(self.edge_parent.value), kind=str(self.edge_kind.value),
-                threshold=float(self.edge_threshold.value), radius_nm=float(self.edge_radius.value),
+                threshold=None if self.edge_auto.value else float(self.edge_threshold.value), radius_nm=float(self.edge_radius.value),
+                mode=str(self.edge_mode.value),
             ))
         except CryoInputError as exc:
             self.notify(str(exc), error=True)
@@ -186,24 +197,68 @@ class ModelPanel(Container):
             edges = self.session.graph.interactions
             self.table.setRowCount(len(edges))
             for r, e in enumerate(edges):
-                for c, value in enumerate((e.child, e.kind, e.parent, f"{e.threshold:g}", f"{e.radius_nm:g}")):
+                for c, value in enumerate((e.child, e.kind, e.parent, threshold_text(e.threshold), f"{e.radius_nm:g}", e.mode, "")):
                     item = QTableWidgetItem(value)
-                    if c in (0, 2):  # changing the ends of an edge is a new edge
+                    if c not in _EDITABLE:
                         item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEditable)
                     self.table.setItem(r, c, item)
             self.table.blockSignals(False)
+            self._fill_removes()
         if self.figure is not None:
             colours = {t: m.colour for t, m in self.session.models.items()}
             graph_figure(list(self.session.models), self.session.graph, colours, self.figure)
             self.canvas.draw_idle()
 
     def _table_edited(self, item) -> None:
-        """An edited kind, threshold or radius cell changes that edge and the preview."""
+        """An edited kind, threshold, radius or mode cell changes that edge and the preview."""
         row = item.row()
         try:
             texts = [self.table.item(row, c).text() for c in range(len(COLUMNS))]
-            self.controller.edit_interaction(row, texts[1], texts[3], texts[4])
+            self.edit_interaction(row, texts[1], texts[3], texts[4], texts[5])
         except CryoInputError as exc:
             self.notify(str(exc), error=True)
         self.refresh_interactions()
         self.on_change()
+
+    def edit_interaction(self, row: int, kind: str, threshold: str, radius_nm: str, mode: str) -> None:
+        """Change one edge from the table's texts (see :meth:`.controller.SegmentationController.edit_interaction`)."""
+        self.controller.edit_interaction(row, kind, threshold, radius_nm, mode)
+
+    # ------------------------------------------------------------ effects
+    def show_effects(self, effects: InteractionEffects | Iterable[InteractionEffect] | None, where: str = "") -> None:
+        """Show how many objects each interaction removes, in the table's last column.
+
+        Call it on the main thread with what a live preview or a segmentation computed
+        (:func:`~.interactions.apply_interactions_with_effects`); ``where`` says on what,
+        e.g. ``"slice 12"``.  An edge changed since shows nothing until the next report.
+        """
+        if isinstance(effects, InteractionEffects):
+            effects = effects.effects
+        self._effects = tuple(effects or ())
+        self._effects_where = where
+        self._fill_removes()  # not the whole table and diagram: this comes after every preview
+
+    def _fill_removes(self) -> None:
+        if self.table is None:
+            return
+        column = len(COLUMNS) - 1
+        self.table.blockSignals(True)
+        for r, (edge, text) in enumerate(zip(self.session.graph.interactions, self.removes_texts())):
+            item = self.table.item(r, column)
+            if item is not None:
+                item.setText(text)
+                item.setToolTip(f"objects of {edge.child} this interaction removed ({self._effects_where})" if text else "")
+        self.table.blockSignals(False)
+
+    def removes_texts(self) -> list[str]:
+        """Per edge in the table, ``"3 of 20"`` (objects removed of those before it) or ``""`` when unknown."""
+        unused = list(self._effects)
+        texts = []
+        for edge in self.session.graph.interactions:
+            match = next((k for k, e in enumerate(unused) if e.interaction == edge), None)
+            if match is None:
+                texts.append("")
+            else:
+                effect = unused.pop(match)
+                texts.append(f"{effect.removed} of {effect.before}")
+        return texts

@@ -17,12 +17,13 @@ from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, LineEdi
 from .._view import CryoView, reports_input_errors
 from ..device import resolve_device
 from ..errors import CryoInputError
-from ..training_loop import EpochRecord, Resumed
+from ..training_loop import EpochRecord, Resumed, Stopped, describe_event
 from . import architectures
 from ._display_widget import LivePreview, find_output, show, show_all
 from ._models_widget import ModelPanel
 from .controller import SegmentationController, TomogramRef, features_of
 from .dataset import BoxSettings
+from .interactions import InteractionEffects
 from .model import SegmentationModel
 from .particles import PickSettings
 from .training import SlicePreview, TrainSettings
@@ -44,7 +45,8 @@ class SegmentationWidget(CryoView):
         super().__init__(napari_viewer)
         self.controller = SegmentationController()
         self._z = 0  # the viewer's slice; training previews read it from the worker
-        self.preview = LivePreview(napari_viewer, self.controller, self._tomo, lambda: self._z, self.notify)
+        self.preview = LivePreview(napari_viewer, self.controller, self._tomo, lambda: self._z, self.notify,
+                                   on_effects=lambda effects, where: self.models.show_effects(effects, where))
         self._tomogram = create_widget(label="tomogram", annotation="napari.layers.Image")
         self._annotation = create_widget(label="annotations", annotation="napari.layers.Labels")
         # Choices are callables: napari re-reads them on every layer change (reset_choices).
@@ -52,8 +54,15 @@ class SegmentationWidget(CryoView):
         self._new_feature = LineEdit(label="new feature", value="")
         self._architecture = ComboBox(label="architecture", choices=sorted(architectures.available()), value=architectures.DEFAULT)
         self._box = SpinBox(label="box (px)", min=32, max=256, step=16, value=64)
-        self._epochs = SpinBox(label="epochs", min=1, max=500, value=25)
-        self._validation = FloatSpinBox(label="validation", min=0.0, max=0.5, step=0.05, value=0.0)
+        defaults = TrainSettings()
+        self._epochs = SpinBox(label="max epochs", min=1, max=500, value=defaults.epochs,
+                               tooltip="training stops sooner when the held-out slices stop improving or the budget is spent")
+        self._budget = SpinBox(label="budget (s)", min=0, max=36_000, step=30, value=int(defaults.budget_s or 0),
+                               tooltip="training time per feature (0: no limit)")
+        self._context = SpinBox(label="slices seen", min=1, max=15, step=2, value=defaults.boxes.context,
+                                tooltip="slices the model sees around each one it segments (odd)")
+        self._validation = FloatSpinBox(label="validation", min=0.0, max=0.5, step=0.05, value=defaults.val_fraction,
+                                        tooltip="fraction of the painted slices held out to stop early and calibrate")
         self._train = _button("Train feature", lambda: self.train([self._feature.value] if self._feature.value else []))
         self._train_all = _button("Train all features", lambda: self.train([f.name for f in self.features()]))
         self.models = ModelPanel(self.controller, self.update_preview, self.notify, self.run, self.confirm_replace)
@@ -74,7 +83,7 @@ class SegmentationWidget(CryoView):
         self.extend([
             self._tomogram, self._annotation, _button("New annotation layer", self.new_annotation_layer), self._feature, self._new_feature,
             _button("Add feature", lambda: self.add_feature(self._new_feature.value)), self._architecture, self._box, self._epochs,
-            self._validation, self._train, self._train_all, self.models, self._live, self._segment, self._out_dir, self._save_segmentations,
+            self._budget, self._context, self._validation, self._train, self._train_all, self.models, self._live, self._segment, self._out_dir, self._save_segmentations,
             self._pick_feature, self._pick_threshold, self._min_volume, self._min_spacing, self._pick, self._picks_file,
             _button("Export picks (STAR or TSV)", lambda: self.export_picks(self._picks_file.value)),
             self._mesh_level, self._mesh, self._mesh_file, self._save_mesh,
@@ -153,8 +162,11 @@ class SegmentationWidget(CryoView):
     def train(self, names: list[str]):
         """Train the models of the named features, one after another, in the background."""
         sources = self.controller.annotation_sources(self.viewer.layers, self._tomogram.value, self._annotation.value)
-        settings = TrainSettings(epochs=int(self._epochs.value), val_fraction=float(self._validation.value), boxes=BoxSettings(box=int(self._box.value)))
+        context = int(self._context.value) | 1  # odd
+        settings = TrainSettings(epochs=int(self._epochs.value), val_fraction=float(self._validation.value), budget_s=float(self._budget.value) or None,
+                                 boxes=BoxSettings(box=int(self._box.value), context=context))
         tomo = sources[0].tomogram
+        stops: list[str] = []
 
         def on_value(value: Any) -> None:
             self.controller.receive(value)
@@ -163,6 +175,10 @@ class SegmentationWidget(CryoView):
             elif isinstance(value, (EpochRecord, Resumed)):
                 title = self.controller.training
                 self.draw_loss(self._loss_figure, self._loss_canvas, self.controller.history[title], f"{title} ({self._architecture.value})")
+            elif isinstance(value, Stopped):
+                # The status line, not a notification: a toast costs the event loop a fifth of a second mid-training.
+                stops.append(f"{self.controller.training}: {describe_event(value)}")
+                self._status.value = stops[-1]
             elif isinstance(value, SegmentationModel):
                 self.models.refresh()
             self.controller.drawn()
@@ -171,7 +187,7 @@ class SegmentationWidget(CryoView):
         # Make the preview layers while the job waits: adding a layer while training competes for the GIL takes longer.
         empty = dict.fromkeys(names, np.zeros(tomo.shape[1:], np.float32))
         show_all(self.viewer, self.controller.preview_layers(tomo, self._z, empty), later=True, then=self.controller.drawn)
-        return self.run(job, description="training", on_yield=on_value, on_returned=lambda _: self.notify(f"trained {', '.join(names)}"),
+        return self.run(job, description="training", on_yield=on_value, on_returned=lambda _: self.notify("; ".join([f"trained {', '.join(names)}", *stops])),
                         on_finished=self.update_preview)
 
     # ----------------------------------------------------------------- preview
@@ -195,7 +211,12 @@ class SegmentationWidget(CryoView):
             self._pick_feature.reset_choices()
             self.notify(f"segmented {tomo.name}: {', '.join(result)}")
 
-        return self.run(self.controller.segment(tomo, resolve_device("auto")), description=f"segmenting {tomo.name}", on_returned=done)
+        def on_value(value: Any) -> None:
+            if isinstance(value, InteractionEffects):
+                self.models.show_effects(value, f"{tomo.name}, whole tomogram")
+
+        return self.run(self.controller.segment(tomo, resolve_device("auto")), description=f"segmenting {tomo.name}",
+                        on_yield=on_value, on_returned=done)
 
     @reports_input_errors
     def save_segmentations(self, directory):

@@ -53,11 +53,11 @@ from .features import (
 )
 from .files import segmentation_path, tomogram_name, write_segmentation
 from .group import ModelGroup
-from .interactions import Interaction, interaction_kind
+from .interactions import InteractionEffects
 from .meshes import Mesh, mesh_from_volume, surface_layer_data, write_obj
 from .model import SegmentationModel
 from .particles import PickedParticles, PickSettings, pick_particles, write_picks
-from .session import SegmentationSession, preview_slice
+from .session import SegmentationSession, preview_slice_with_effects
 from .training import SlicePreview, TrainSettings, train_feature
 
 DEFAULT_FEATURES = ("membrane", "carbon", "particle")
@@ -258,8 +258,7 @@ class SegmentationController:
                 z = current_z()
                 if z is None:
                     return None
-                z = int(np.clip(z, 0, tomo.shape[0] - 1))
-                return z, np.asarray(tomo.data[z], dtype=np.float32), tomo.pixel_size, stats
+                return int(np.clip(z, 0, tomo.shape[0] - 1)), tomo.data, tomo.pixel_size, stats
 
             trained = []
             for f in chosen:
@@ -301,8 +300,11 @@ class SegmentationController:
             self.session.add_model(value)
 
     # ----------------------------------------------------------------- preview
-    def preview(self, tomo: TomogramRef, z: int, device: Any = "cpu") -> Callable[[], tuple[int, dict[str, np.ndarray]]]:
+    def preview(self, tomo: TomogramRef, z: int, device: Any = "cpu") -> Callable[[], tuple[int, dict[str, np.ndarray], InteractionEffects]]:
         """A job (plain function) computing slice ``z`` with every model, after interactions.
+
+        It returns ``(z, probabilities, effects)``; the effects say how many objects of the slice
+        each interaction removed.
 
         The models are a snapshot taken now, on the main thread: training may add models to
         the session while the job runs.
@@ -310,9 +312,9 @@ class SegmentationController:
         snapshot = self.session.snapshot()
         z = int(np.clip(z, 0, tomo.shape[0] - 1))
 
-        def job() -> tuple[int, dict[str, np.ndarray]]:
-            plane = np.asarray(tomo.data[z], dtype=np.float32)
-            return z, preview_slice(snapshot, plane, tomo.pixel_size, self.stats(tomo), device)
+        def job() -> tuple[int, dict[str, np.ndarray], InteractionEffects]:
+            probabilities, effects = preview_slice_with_effects(snapshot, tomo.data, z, tomo.pixel_size, self.stats(tomo), device)
+            return z, probabilities, effects
 
         return job
 
@@ -519,8 +521,8 @@ class SegmentationController:
 
         return job
 
-    def edit_interaction(self, row: int, kind: str, threshold: str, radius_nm: str) -> None:
-        """Change one edge's kind, threshold or radius from the table's texts (its ends stay).
+    def edit_interaction(self, row: int, kind: str, threshold: str, radius_nm: str, mode: str | None = None) -> None:
+        """Change one edge's kind, threshold (a number or ``auto``), radius or mode from the table's texts (its ends stay).
 
         Raises
         ------
@@ -528,12 +530,13 @@ class SegmentationController:
             "interaction not changed: ..." for bad text or a refused graph; the edges stay as they were.
         """
         edges = list(self.session.graph.interactions)
+        if not 0 <= row < len(edges):
+            raise CryoInputError(None, f"interaction not changed: there is no interaction {row + 1}")
+        edges[row] = edges[row].edited(kind, threshold, radius_nm, mode)
         try:
-            edge = edges[row]
-            edges[row] = Interaction(edge.child, edge.parent, interaction_kind(kind), float(threshold), float(radius_nm))
             self.session.set_interactions(edges)
-        except (IndexError, ValueError, CryoInputError) as exc:
-            raise CryoInputError(None, f"interaction not changed: {exc}") from None
+        except CryoInputError as exc:
+            raise CryoInputError(None, f"interaction not changed: {exc.problem}") from None
 
 
 def _with_suffix(path: str | Path, suffix: str) -> Path:

@@ -8,9 +8,15 @@ For the model of one feature (label value ``v``):
   there is background);
 
 both with the target mask ``labels == v``.  There are
-``negative_ratio`` times as many negatives as positives, and every box
-gives ``copies`` copies under a random 90° rotation and flip.  Only slices
+``negative_ratio`` times as many negatives as positives.  Only slices
 with any annotation are used: an unpainted slice says nothing.
+
+Boxes are cut :data:`~.augment.CUT_FACTOR` times larger than the training
+box, so that training can rotate and zoom them on the fly
+(:mod:`.augment`), and hold ``context`` neighbouring slices as channels
+(the painted slice in the middle): a membrane that the missing wedge
+blurs in one slice is reinforced by its neighbours.  Each box remembers
+its slice, so that validation holds out whole painted slices.
 
 Tomograms at another pixel size than the model's are resampled as boxes
 are cut (a larger or smaller region is read and resized), and each
@@ -72,14 +78,19 @@ class BoxSettings:
     ----------
     box : int
         Box size in pixels at the model's pixel size (a multiple of 16).
+    context : int
+        Slices per box (odd): the painted slice and its neighbours, one model pixel apart.
     positives_per_slice : int
         Boxes centred on the feature per annotated slice.
     negative_ratio : float
         Negatives per positive (Ais uses 1.3).
     copies : int
-        Augmented copies of each box (random 90° rotation and flip).
+        Copies of each box (pre-cut copies under a random 90° rotation and flip; with on-the-fly
+        augmentation, leave it at 1).
     augment : bool
         Rotate and flip the copies (off: identical copies).
+    cut : int
+        Size of the cut boxes (0: ``box``; training cuts them larger to augment them).
     seed : int
         Random seed.
     """
@@ -87,32 +98,49 @@ class BoxSettings:
     box: int = 64
     positives_per_slice: int = 24
     negative_ratio: float = 1.3
-    copies: int = 4
+    copies: int = 1
     augment: bool = True
     seed: int = 0
+    context: int = 1
+    cut: int = 0
 
 
 @dataclass
 class BoxSet:
-    """Training boxes for one feature: images (N, 1, B, B) and masks (N, 1, B, B), float32."""
+    """Training boxes for one feature: images (N, C, S, S) (C slices of context) and masks (N, 1, S, S), float32."""
 
     images: torch.Tensor
     masks: torch.Tensor
     source: np.ndarray  # (N,) index of the un-augmented box each copy came from
+    slices: np.ndarray | None = None  # (N,) index of the painted slice each box was cut from
+    slice_keys: tuple[tuple[int, int], ...] = ()  # slice index -> (tomogram index, z)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def _pick(self, keep: np.ndarray) -> BoxSet:
+        index = torch.from_numpy(keep)
+        return BoxSet(self.images[index], self.masks[index], self.source[keep], None if self.slices is None else self.slices[keep], self.slice_keys)
+
     def split(self, fraction: float, seed: int = 0) -> tuple["BoxSet", "BoxSet | None"]:
-        """Training and validation sets; copies of one box never straddle the two."""
-        sources = np.unique(self.source)
-        if fraction <= 0 or len(sources) < 5:
+        """Training and validation sets.
+
+        Whole painted slices are held out when there are at least three (boxes of one slice
+        overlap, so a box-wise split would validate on what training saw); otherwise boxes,
+        and copies of one box never straddle the two.
+        """
+        if fraction <= 0:
             return self, None
         rng = np.random.default_rng(seed)
-        val_sources = rng.choice(sources, size=max(1, int(round(len(sources) * fraction))), replace=False)
-        val = np.isin(self.source, val_sources)
-        pick = lambda m: BoxSet(self.images[torch.from_numpy(m)], self.masks[torch.from_numpy(m)], self.source[m])  # noqa: E731
-        return pick(~val), pick(val)
+        if self.slices is not None and len(np.unique(self.slices)) >= 3:
+            groups, labels = np.unique(self.slices), self.slices
+        else:
+            groups, labels = np.unique(self.source), self.source
+            if len(groups) < 5:
+                return self, None
+        n_val = min(len(groups) - 1, max(1, int(round(len(groups) * fraction))))
+        val = np.isin(labels, rng.choice(groups, size=n_val, replace=False))
+        return self._pick(~val), self._pick(val)
 
 
 def normalisation(volume: np.ndarray) -> tuple[float, float]:
@@ -129,6 +157,23 @@ def normalisation(volume: np.ndarray) -> tuple[float, float]:
     clipped = np.clip(sample, lo, hi)
     std = float(clipped.std())
     return float(clipped.mean()), std if std > 0 else 1.0
+
+
+def context_stack(volume: np.ndarray, z: int, context: int, step: int = 1) -> np.ndarray:
+    """Slices ``z - step * (context // 2) ... z + step * (context // 2)`` of a volume as (context, Y, X) float32.
+
+    Slices beyond the volume repeat its first or last slice.
+    """
+    half = context // 2
+    zs = np.clip(z + step * np.arange(-half, half + 1), 0, volume.shape[0] - 1)
+    lo, hi = int(zs.min()), int(zs.max())
+    block = np.asarray(volume[lo : hi + 1], dtype=np.float32)
+    return block[zs - lo]
+
+
+def context_step(model_pixel: float, tomogram_pixel: float) -> int:
+    """Tomogram slices between context slices: one model pixel, at least one slice."""
+    return max(1, int(round(model_pixel / tomogram_pixel)))
 
 
 def annotated_slices(labels: np.ndarray) -> np.ndarray:
@@ -217,22 +262,32 @@ def sample_boxes(
 
     stats = [normalisation(t.volume) for t in tomograms]
     box = settings.box
-    images, masks = [], []
+    cut = max(box, settings.cut or box)
+    context = max(1, int(settings.context))
+    slice_ids: dict[tuple[int, int], int] = {}
+    images, masks, slices = [], [], []
+    cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
     for t, z, y, x in centres:
         tomo = tomograms[t]
         scale = pixel_size / tomo.pixel_size  # source pixels per model pixel
+        if (t, z) not in cache:
+            cache.clear()  # centres come in runs of one slice: keep that slice's stack
+            stack = context_stack(tomo.volume, z, context, context_step(pixel_size, tomo.pixel_size))
+            cache[(t, z)] = stack, (np.asarray(tomo.labels[z]) == value).astype(np.float32)
+        stack, plane_mask = cache[(t, z)]
         # Jitter positives so the feature is not always at the centre.
         jy, jx = rng.integers(-box // 4, box // 4 + 1, size=2)
         cy, cx = y + int(round(jy * scale)), x + int(round(jx * scale))
-        src = max(1, int(round(box * scale)))
+        src = max(1, int(round(cut * scale)))
         mean, std = stats[t]
-        img = (_crop(np.asarray(tomo.volume[z], dtype=np.float32), cy, cx, src, mean) - mean) / std
-        msk = _crop((np.asarray(tomo.labels[z]) == value).astype(np.float32), cy, cx, src, 0.0)
-        if src != box:
-            img = F.interpolate(torch.from_numpy(img)[None, None], size=(box, box), mode="bilinear", antialias=src > box, align_corners=False)[0, 0].numpy()
-            msk = (F.interpolate(torch.from_numpy(msk)[None, None], size=(box, box), mode="bilinear", align_corners=False)[0, 0].numpy() >= 0.5).astype(np.float32)
+        img = np.stack([(_crop(p, cy, cx, src, mean) - mean) / std for p in stack])
+        msk = _crop(plane_mask, cy, cx, src, 0.0)
+        if src != cut:
+            img = F.interpolate(torch.from_numpy(img)[None], size=(cut, cut), mode="bilinear", antialias=src > cut, align_corners=False)[0].numpy()
+            msk = (F.interpolate(torch.from_numpy(msk)[None, None], size=(cut, cut), mode="bilinear", align_corners=False)[0, 0].numpy() >= 0.5).astype(np.float32)
         images.append(img)
         masks.append(msk)
+        slices.append(slice_ids.setdefault((t, z), len(slice_ids)))
     images_arr = np.stack(images)
     masks_arr = np.stack(masks)
     reps = max(1, settings.copies)
@@ -242,14 +297,17 @@ def sample_boxes(
             im, mk = images_arr[i], masks_arr[i]
             if settings.augment and c > 0:
                 k = int(rng.integers(4))
-                im, mk = np.rot90(im, k), np.rot90(mk, k)
+                im, mk = np.rot90(im, k, axes=(-2, -1)), np.rot90(mk, k)
                 if rng.random() < 0.5:
-                    im, mk = im[:, ::-1], mk[:, ::-1]
+                    im, mk = im[..., ::-1], mk[:, ::-1]
             out_i.append(np.ascontiguousarray(im))
             out_m.append(np.ascontiguousarray(mk))
             source.append(i)
+    source_arr = np.asarray(source)
     return BoxSet(
-        images=torch.from_numpy(np.stack(out_i))[:, None],
+        images=torch.from_numpy(np.stack(out_i)),
         masks=torch.from_numpy(np.stack(out_m))[:, None],
-        source=np.asarray(source),
+        source=source_arr,
+        slices=np.asarray(slices)[source_arr],
+        slice_keys=tuple(slice_ids),
     )

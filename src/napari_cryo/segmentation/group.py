@@ -3,7 +3,12 @@
 The file is one zip archive: ``group.json`` (format, the models' titles in
 order, the interaction graph with emit/absorb sets) and each model as an
 embedded ``.scnm`` archive under ``models/``.  A group is what the command
-line applies to many tomograms: every model, then the interactions.
+line applies to many tomograms: every model, then the interactions, with
+each model's own threshold for the interactions whose threshold is ``auto``.
+
+Format version 2 added the interactions' ``mode`` and the ``auto``
+threshold; version 1 files still load, their interactions plain (see
+:mod:`.interactions`).
 """
 
 from __future__ import annotations
@@ -24,11 +29,11 @@ from ..io.atomic import atomic_path
 from ..tasks import Progress
 from ..io.names import safe_file_stem
 from .inference import predict_volume
-from .interactions import InteractionGraph, apply_interactions
+from .interactions import InteractionEffects, InteractionGraph, apply_interactions_with_effects
 from .model import MAX_FILE_BYTES, SegmentationModel, check_format, open_archive, read_json, read_member
 
 FORMAT = "napari-cryo segmentation model group"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 GROUP_JSON = "group.json"
 #: Generous for real groups (a few features), small enough that a crafted file cannot make
 #: napari-cryo build thousands of networks.
@@ -119,14 +124,25 @@ class ModelGroup:
         volume: np.ndarray,
         pixel_size: float,
         device: torch.device | str = "cpu",
-    ) -> Generator[Progress, None, dict[str, np.ndarray]]:
+    ) -> Generator[Progress | InteractionEffects, None, dict[str, np.ndarray]]:
         """Segment a tomogram with every model, then apply the interactions.
 
-        Yields progress; returns feature name -> (Z, Y, X) float32 probabilities.
+        Yields progress and, when the group has interactions, one
+        :class:`~.interactions.InteractionEffects` (how many objects each
+        interaction removed); returns feature name -> (Z, Y, X) float32
+        probabilities.
         """
         raw = yield from predict_volume(self.models, volume, pixel_size, device)
         yield Progress(0, None, "applying interactions")
-        return apply_interactions(raw, self.graph, pixel_size)
+        result, effects = apply_interactions_with_effects(raw, self.graph, pixel_size, self.thresholds)
+        if effects.effects:
+            yield effects
+        return result
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """Each model's own threshold, by feature name (what ``auto`` interaction thresholds use)."""
+        return {m.title: m.threshold for m in self.models}
 
 
 def _read_group(archive: zipfile.ZipFile, path: Path) -> tuple[dict, list[SegmentationModel]]:

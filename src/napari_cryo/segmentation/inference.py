@@ -5,7 +5,10 @@ overlap by ``overlap`` (0.2 of a tile, as in Ais), and the tile outputs are
 blended with weights that fall off linearly across the overlap, so that no
 seam shows where tiles meet.  Tiles are as large as ``max_tile`` allows and
 spread evenly over the slice, so that little work is spent on overlap.
-The probability map is resampled back to the tomogram's grid.
+The probability map is resampled back to the tomogram's grid.  A model
+that sees several slices (``context``) gets each slice with its
+neighbours, one model pixel apart (:func:`~.dataset.context_stack`), and
+its calibration offset is added to the logits before the sigmoid.
 
 :func:`predict_volume` is a generator (progress, cancellable between
 batches of slices); :func:`predict_slice` is the interactive preview of one
@@ -22,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..tasks import Progress
-from .dataset import normalisation
+from .dataset import context_stack, context_step, normalisation
 from .model import SegmentationModel
 
 
@@ -87,7 +90,8 @@ def predict_planes(
     model : SegmentationModel
         The feature's model (put on ``device`` by the caller).
     planes : numpy.ndarray
-        (N, Y, X) slices of the tomogram.
+        (N, Y, X) slices of the tomogram, or (N, C, Y, X) with ``C = model.context`` slices
+        around each (a model with context given single slices sees each repeated).
     pixel_size : float
         Å per pixel of the tomogram.
     stats : tuple of float
@@ -104,8 +108,13 @@ def predict_planes(
     numpy.ndarray
         (N, Y, X) float32 probabilities in [0, 1].
     """
-    n, ny, nx = planes.shape
-    x = torch.from_numpy(np.array(planes, dtype=np.float32))[:, None]  # a copy: memory-mapped planes are read-only
+    planes = np.asarray(planes)
+    if planes.ndim == 3:
+        planes = np.repeat(planes[:, None], model.context, axis=1)
+    n, c, ny, nx = planes.shape
+    if c != model.context:
+        raise ValueError(f"model '{model.title}' sees {model.context} slices, got {c}")
+    x = torch.from_numpy(np.array(planes, dtype=np.float32))  # a copy: memory-mapped planes are read-only
     x = (x - stats[0]) / stats[1]
     scale = pixel_size / model.pixel_size
     work = (max(1, int(round(ny * scale))), max(1, int(round(nx * scale)))) if abs(scale - 1.0) > 0.01 else (ny, nx)
@@ -120,6 +129,7 @@ def predict_planes(
         x = F.pad(x, (0, pad_x, 0, pad_y), mode=mode)
     wy, wx = _ramp(ty, ys, work[0], overlap), _ramp(tx, xs, work[1], overlap)
     out = torch.zeros((n, 1, work[0] + pad_y, work[1] + pad_x))
+    offset = float(model.logit_offset)
     weight = torch.zeros_like(out[:1])
     tiles = [(y0, x0, torch.from_numpy(np.outer(a, b))) for y0, a in zip(ys, wy) for x0, b in zip(xs, wx)]
     for y0, x0, w in tiles:
@@ -130,7 +140,7 @@ def predict_planes(
     for k in range(0, len(crops), tile_batch):
         chunk = crops[k : k + tile_batch]
         batch = torch.stack([x[i, :, y0 : y0 + ty, x0 : x0 + tx] for i, y0, x0, _ in chunk]).to(device)
-        prob = torch.sigmoid(net(batch).float()).cpu()
+        prob = torch.sigmoid(net(batch).float() + offset).cpu()
         for (i, y0, x0, w), p in zip(chunk, prob):
             out[i, :, y0 : y0 + ty, x0 : x0 + tx] += p * w
     out = out / weight.clamp_min(1e-6)
@@ -139,15 +149,24 @@ def predict_planes(
     return out[:, 0].numpy()
 
 
+def model_planes(model: SegmentationModel, volume: np.ndarray, z0: int, z1: int, pixel_size: float) -> np.ndarray:
+    """Slices ``z0:z1`` of a volume as the model reads them: (N, Y, X), or (N, C, Y, X) with context."""
+    if model.context == 1:
+        return np.asarray(volume[z0:z1], dtype=np.float32)
+    step = context_step(model.pixel_size, pixel_size)
+    return np.stack([context_stack(volume, z, model.context, step) for z in range(z0, z1)])
+
+
 def predict_slice(
     model: SegmentationModel,
-    plane: np.ndarray,
+    volume: np.ndarray,
+    z: int,
     pixel_size: float,
     stats: tuple[float, float],
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
-    """Probabilities for one XY slice (the interactive preview)."""
-    return predict_planes(model, np.asarray(plane)[None], pixel_size, stats, device)[0]
+    """Probabilities for slice ``z`` of a volume (the interactive preview)."""
+    return predict_planes(model, model_planes(model, volume, z, z + 1, pixel_size), pixel_size, stats, device)[0]
 
 
 def predict_volume(
@@ -193,8 +212,10 @@ def predict_volume(
     total = nz * len(models)
     yield Progress(0, total, "segmenting")
     for z0 in range(0, nz, planes_per_step):
-        planes = np.asarray(volume[z0 : z0 + planes_per_step], dtype=np.float32)
+        z1 = min(nz, z0 + planes_per_step)
+        single = np.asarray(volume[z0:z1], dtype=np.float32)
         for k, m in enumerate(models):
-            out[m.title][z0 : z0 + len(planes)] = predict_planes(m, planes, pixel_size, stats, device)
-            yield Progress(z0 * len(models) + (k + 1) * len(planes), total, m.title)
+            planes = single if m.context == 1 else model_planes(m, volume, z0, z1, pixel_size)
+            out[m.title][z0:z1] = predict_planes(m, planes, pixel_size, stats, device)
+            yield Progress(z0 * len(models) + (k + 1) * (z1 - z0), total, m.title)
     return out

@@ -7,10 +7,40 @@ probabilities in [0, 1].  Two kinds of rule relate them:
   where some model in ``emit`` (other than itself) predicts a strictly higher
   value.
 * **Interactions** between a child and a parent: ``colocalize`` keeps the
-  child only within ``radius_nm`` of the parent's mask (parent >= threshold),
-  ``avoid`` removes the child within that distance.
+  child only within ``radius_nm`` of the parent, ``avoid`` removes the child
+  within that distance.
 
-:func:`apply_interactions` applies them in this order:
+An interaction works in one of two modes:
+
+* ``"plain"`` (every interaction stored before modes existed): the parent is
+  its mask (prediction >= threshold) and the child is changed voxel by voxel.
+* ``"robust"`` (the default of new interactions), made for imperfect
+  predictions such as a membrane found in fragments with small false
+  specks.  The parent's *surface* is its mask without the specks, pieces
+  too small beside the parent's typical piece, where fragments joined by
+  weaker prediction (above ``HYSTERESIS_LOW`` times the threshold) count
+  as one piece (see :func:`parent_surface`).  The child is decided object by object, an
+  object being a connected piece of the child above ``HYSTERESIS_LOW``
+  times its threshold that holds a voxel at or above its threshold, and
+  its share within reach the part of its summed prediction within the
+  radius of the surface.  Colocalize keeps an object whole when its share
+  is at least ``COLOCALIZE_FRACTION`` and removes it whole otherwise;
+  avoid removes it whole when its share is at least ``AVOID_FRACTION`` and
+  keeps it whole otherwise (an object touching the parent, such as a
+  membrane-bound particle, always has some share within an avoid radius).
+  So a particle is never cut into a fragment that is still picked.  Avoid
+  first removes the child's voxels on the surface itself, so a false
+  response of the child along the parent does not join the objects beside
+  it.  Child voxels in no object, and objects longer than
+  ``OBJECT_MAX_NM`` (a membrane or carbon as the child: no particle),
+  follow the plain rule.
+
+A threshold may be ``None`` (written ``auto``): the parent model's own
+threshold, which training calibrates, from the ``thresholds`` mapping given to
+:func:`apply_interactions` (0.5 for a model missing from it).  The child's
+threshold, which defines its objects, comes from the same mapping.
+
+:func:`apply_interactions` applies the rules in this order:
 
 1. Competition first, as Ais does, computed on the *original* predictions,
    so the result does not depend on the order of the models.
@@ -18,7 +48,11 @@ probabilities in [0, 1].  Two kinds of rule relate them:
    graph (parents before children).  A child's constraints use its parents'
    output *after* their own interactions, so a chain a -> b -> c is well
    defined: c sees b as already constrained by a.  Several interactions on
-   one child are all applied.
+   one child are all applied, in the order they are listed.
+
+:func:`apply_interactions_with_effects` also says, per interaction, how many
+objects of the child it removed (:class:`InteractionEffect`): what the
+widget shows as the picks each interaction removes.
 
 Distances are Euclidean, from :func:`scipy.ndimage.distance_transform_edt`,
 with the radius converted from nm to voxels by the pixel size (Å / voxel).
@@ -32,11 +66,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 from scipy.ndimage import distance_transform_edt
 
 from ..errors import CryoInputError
 
 KINDS = ("colocalize", "avoid")
+#: Interaction modes; see the module docstring.
+MODES = ("robust", "plain")
+#: The threshold of a stored or typed interaction that means "the parent model's own threshold".
+AUTO = "auto"
+#: Robust mode: the parent's pieces and the child's objects extend to voxels above this fraction of the threshold.
+HYSTERESIS_LOW = 0.5
+#: Robust mode: parent pieces whose extent is under this fraction of a typical large piece's are specks ...
+SPECK_FRACTION = 0.3
+#: ... but a piece at least this long (nm) never is.
+SPECK_MAX_NM = 15.0
+#: Robust mode: colocalize keeps an object when at least this fraction of it lies within reach.
+COLOCALIZE_FRACTION = 0.5
+#: Robust mode: avoid removes an object when at least this fraction of it lies within reach.
+AVOID_FRACTION = 0.75
+#: Robust mode: a child object longer than this (nm, its bounding box's longest side) is no particle and follows the plain rule.
+OBJECT_MAX_NM = 60.0
+#: The threshold of a model that ``thresholds`` does not name.
+DEFAULT_THRESHOLD = 0.5
 
 _VERBS = {
     "avoid": "avoid",
@@ -47,8 +100,10 @@ _VERBS = {
     "colocalise": "colocalize",
     "colocalises": "colocalize",
 }
-_KEYS = {"radius": "radius_nm", "radius_nm": "radius_nm", "threshold": "threshold"}
-_SYNTAX = "expected 'CHILD avoids|colocalizes PARENT [radius=NM] [threshold=T]'"
+_KEYS = {"radius": "radius_nm", "radius_nm": "radius_nm", "threshold": "threshold", "mode": "mode"}
+_SYNTAX = "expected 'CHILD avoids|colocalizes PARENT [radius=NM] [threshold=T|auto] [mode=robust|plain]'"
+_FIELDS = ("child", "parent", "kind", "threshold", "radius_nm", "mode")
+_FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity: thin oblique membranes stay one piece
 
 # Voxels per slab of the distance transform: scipy's EDT holds about 50 bytes
 # per voxel in temporaries, so this keeps one slab near 200 MB.
@@ -71,6 +126,42 @@ def _name(value: Any, what: str) -> str:
     return value
 
 
+def parse_threshold(value: Any) -> float | None:
+    """An interaction threshold from a number, a number's text, or ``auto`` / ``None`` (the parent model's own).
+
+    Parameters
+    ----------
+    value : float, str or None
+        For example ``0.4``, ``"0.4"``, ``"auto"`` or ``None``.
+
+    Returns
+    -------
+    float or None
+        The threshold in [0, 1], or ``None`` for the parent model's own.
+
+    Raises
+    ------
+    CryoInputError
+        If the value is neither ``auto`` nor a finite number in [0, 1].
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() == AUTO):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise CryoInputError(None, f"interaction threshold must be a number or 'auto', got {value!r}") from None
+    value = _number(value, "interaction threshold")
+    if not 0.0 <= value <= 1.0:
+        raise CryoInputError(None, f"interaction threshold must be between 0 and 1, got {value}")
+    return value
+
+
+def threshold_text(threshold: float | None) -> str:
+    """How a threshold is shown and typed: ``auto`` or the number (``0.4``)."""
+    return AUTO if threshold is None else f"{threshold:g}"
+
+
 @dataclass
 class Interaction:
     """One rule: ``child`` colocalizes with or avoids ``parent``.
@@ -80,73 +171,121 @@ class Interaction:
     child : str
         The model whose prediction is changed.
     parent : str
-        The model whose mask (prediction >= ``threshold``) constrains it.
+        The model whose prediction constrains it.
     kind : {"colocalize", "avoid"}
         Keep the child only near the parent, or only away from it.
-    threshold : float
-        Threshold on the parent's prediction, in [0, 1].
+    threshold : float or None
+        Threshold on the parent's prediction, in [0, 1]; ``None`` (also
+        given as ``"auto"``): the parent model's own threshold.
     radius_nm : float
-        How far the parent's mask reaches, in nm (0: the mask itself).
+        How far the parent reaches, in nm (0: the parent itself).
+    mode : {"robust", "plain"}
+        ``"robust"``: the parent's cleaned surface and whole child objects;
+        ``"plain"``: the parent's mask and single voxels (see the module
+        docstring).  Interactions read from files written before modes
+        existed are plain.
     """
 
     child: str
     parent: str
     kind: str
-    threshold: float = 0.5
+    threshold: float | None = None
     radius_nm: float = 0.0
+    mode: str = "robust"
 
     def __post_init__(self) -> None:
         self.child = _name(self.child, "interaction child")
         self.parent = _name(self.parent, "interaction parent")
         if self.kind not in KINDS:
             raise CryoInputError(None, f"interaction kind must be 'colocalize' or 'avoid', got {self.kind!r}")
-        self.threshold = _number(self.threshold, "interaction threshold")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise CryoInputError(None, f"interaction threshold must be between 0 and 1, got {self.threshold}")
+        if isinstance(self.threshold, str) and self.threshold.strip().lower() != AUTO:
+            # Text is read by parse_threshold / parse_interaction; here a number or "auto" is expected.
+            raise CryoInputError(None, f"interaction threshold must be a number or 'auto', got {self.threshold!r}")
+        self.threshold = parse_threshold(self.threshold)
         self.radius_nm = _number(self.radius_nm, "interaction radius")
         if self.radius_nm < 0:
             raise CryoInputError(None, f"interaction radius must not be negative, got {self.radius_nm} nm")
+        if self.mode not in MODES:
+            raise CryoInputError(None, f"interaction mode must be 'robust' or 'plain', got {self.mode!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The interaction as plain JSON-compatible values."""
+        """The interaction as plain JSON-compatible values (an automatic threshold as ``"auto"``)."""
         return {
             "child": self.child,
             "parent": self.parent,
             "kind": self.kind,
-            "threshold": self.threshold,
+            "threshold": AUTO if self.threshold is None else self.threshold,
             "radius_nm": self.radius_nm,
+            "mode": self.mode,
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Interaction:
         """Rebuild an interaction written by :meth:`to_dict`.
 
+        A missing threshold is 0.5 and a missing mode ``"plain"``: what an
+        interaction stored before these fields existed meant.
+
         Raises
         ------
         CryoInputError
-            If a key is missing or unknown, the kind is not known, or a
-            number is not a finite number in range.
+            If a key is missing or unknown, the kind or mode is not known, or
+            a number is not a finite number in range.
         """
         if not isinstance(d, Mapping):
             raise CryoInputError(None, f"an interaction must be a mapping, got {type(d).__name__}")
-        unknown = set(d) - {"child", "parent", "kind", "threshold", "radius_nm"}
+        unknown = set(d) - set(_FIELDS)
         if unknown:
             raise CryoInputError(None, f"unknown interaction field(s): {', '.join(sorted(map(str, unknown)))}")
         missing = [key for key in ("child", "parent", "kind") if key not in d]
         if missing:
             raise CryoInputError(None, f"interaction lacks field(s): {', '.join(missing)}")
+        threshold = d.get("threshold", 0.5)
+        if threshold != AUTO:  # only the exact word is stored; anything else must be a number
+            threshold = _number(threshold, "interaction threshold")
         return cls(
             child=d["child"],
             parent=d["parent"],
             kind=d["kind"],
-            threshold=_number(d.get("threshold", 0.5), "interaction threshold"),
+            threshold=threshold,
             radius_nm=_number(d.get("radius_nm", 0.0), "interaction radius"),
+            mode=d.get("mode", "plain"),
         )
+
+    def edited(self, kind: str, threshold: str | float | None, radius_nm: str | float, mode: str | None = None) -> Interaction:
+        """This edge with a new kind, threshold, radius and (optionally) mode, from the table's texts; the ends stay.
+
+        Parameters
+        ----------
+        kind : str
+            A kind or verb (``"Avoids"``).
+        threshold : str, float or None
+            A number or ``auto`` (see :func:`parse_threshold`).
+        radius_nm : str or float
+            The radius in nm.
+        mode : str, optional
+            ``robust`` or ``plain`` in any case; None keeps the mode.
+
+        Raises
+        ------
+        CryoInputError
+            "interaction not changed: ..." for bad text.
+        """
+        try:
+            radius = float(radius_nm)
+        except (TypeError, ValueError):
+            raise CryoInputError(None, f"interaction not changed: radius must be a number, got {radius_nm!r}") from None
+        try:
+            return Interaction(self.child, self.parent, interaction_kind(kind), parse_threshold(threshold), radius,
+                               self.mode if mode is None else str(mode).strip().lower())
+        except CryoInputError as exc:
+            raise CryoInputError(None, f"interaction not changed: {exc.problem}") from None
 
     def to_text(self) -> str:
         """The command-line form, read back by :func:`parse_interaction`."""
         verb = "avoids" if self.kind == "avoid" else "colocalizes with"
-        return f"{self.child} {verb} {self.parent} radius={self.radius_nm!r} threshold={self.threshold!r}"
+        threshold = AUTO if self.threshold is None else repr(self.threshold)
+        return f"{self.child} {verb} {self.parent} radius={self.radius_nm!r} threshold={threshold} mode={self.mode}"
 
 
 def interaction_kind(text: str) -> str:
@@ -166,10 +305,12 @@ def interaction_kind(text: str) -> str:
 def parse_interaction(text: str) -> Interaction:
     """Read the command-line form of an interaction.
 
-    The form is ``CHILD VERB PARENT [radius=NM] [threshold=T]`` where VERB is
-    ``avoids``, ``avoid``, ``colocalizes``, ``colocalize`` or
-    ``colocalizes with`` (British ``colocalises`` also works), and the
-    options come in any order.  Model names cannot contain spaces here.
+    The form is ``CHILD VERB PARENT [radius=NM] [threshold=T|auto]
+    [mode=robust|plain]`` where VERB is ``avoids``, ``avoid``,
+    ``colocalizes``, ``colocalize`` or ``colocalizes with`` (British
+    ``colocalises`` also works), and the options come in any order.  Model
+    names cannot contain spaces here.  Without options the radius is 0, the
+    threshold ``auto`` (the parent model's own) and the mode ``robust``.
 
     Parameters
     ----------
@@ -201,7 +342,7 @@ def parse_interaction(text: str) -> Interaction:
     if not rest or "=" in rest[0]:
         raise fail("no parent model")
     parent, options = rest[0], rest[1:]
-    values: dict[str, float] = {}
+    values: dict[str, Any] = {}
     for option in options:
         key, sep, value = option.partition("=")
         field_name = _KEYS.get(key.lower())
@@ -209,10 +350,17 @@ def parse_interaction(text: str) -> Interaction:
             raise fail(f"unknown option {option!r}")
         if field_name in values:
             raise fail(f"{key} given twice")
-        try:
-            values[field_name] = float(value)
-        except ValueError:
-            raise fail(f"{key} is not a number: {value!r}") from None
+        if field_name == "mode":
+            if value.lower() not in MODES:
+                raise fail(f"mode must be robust or plain, not {value!r}")
+            values[field_name] = value.lower()
+        elif field_name == "threshold" and value.lower() == AUTO:
+            values[field_name] = None
+        else:
+            try:
+                values[field_name] = float(value)
+            except ValueError:
+                raise fail(f"{key} is not a number: {value!r}") from None
     return Interaction(child=child, parent=parent, kind=_VERBS[verb], **values)
 
 
@@ -375,8 +523,55 @@ class InteractionGraph:
         return cls([Interaction.from_dict(i) for i in interactions], sets["emit"], sets["absorb"])
 
 
+@dataclass(frozen=True)
+class InteractionEffect:
+    """What one interaction did to its child: objects before it and how many it removed.
+
+    An object is a connected piece of the child at or above the child's
+    threshold (26-connected; in a 2D preview, a piece of the slice): roughly
+    one pick.  It counts as removed when none of its voxels stays at or
+    above the threshold.
+
+    Attributes
+    ----------
+    interaction : Interaction
+        The rule.
+    before : int
+        The child's objects just before this rule (after competition and the
+        rules applied earlier).
+    removed : int
+        Of those, how many the rule removed.
+    """
+
+    interaction: Interaction
+    before: int
+    removed: int
+
+    @property
+    def kept(self) -> int:
+        """Objects the rule left."""
+        return self.before - self.removed
+
+    def describe(self) -> str:
+        """One line, e.g. ``particle avoids membrane: removes 3 of 20 particle objects``."""
+        verb = "avoids" if self.interaction.kind == "avoid" else "colocalizes with"
+        i = self.interaction
+        return f"{i.child} {verb} {i.parent}: removes {self.removed} of {self.before} {i.child} objects"
+
+
+@dataclass(frozen=True)
+class InteractionEffects:
+    """The effects of every interaction of a graph, in the graph's order (what :meth:`.group.ModelGroup.apply` yields)."""
+
+    effects: tuple[InteractionEffect, ...] = ()
+
+    def describe(self) -> list[str]:
+        """One line per interaction (see :meth:`InteractionEffect.describe`)."""
+        return [e.describe() for e in self.effects]
+
+
 def interaction_mask(parent: np.ndarray, threshold: float, radius_nm: float, pixel_size: float) -> np.ndarray:
-    """The parent's mask grown by a radius: where the parent's reach is.
+    """The parent's mask grown by a radius: where a plain interaction's parent reaches.
 
     Parameters
     ----------
@@ -395,17 +590,83 @@ def interaction_mask(parent: np.ndarray, threshold: float, radius_nm: float, pix
     numpy.ndarray
         Boolean array of ``parent``'s shape.
     """
+    threshold = _number(threshold, "interaction threshold")
+    return _reach(np.asarray(parent) >= threshold, radius_nm, pixel_size)
+
+
+def parent_surface(parent: np.ndarray, threshold: float, pixel_size: float) -> np.ndarray:
+    """The parent's mask without its specks: what robust interactions measure distances to.
+
+    The mask is ``parent >= threshold``.  Its pieces are judged with the
+    weaker prediction around them (hysteresis): a piece is a connected
+    (26-connected) region at or above ``HYSTERESIS_LOW * threshold`` holding
+    mask voxels, so fragments of one membrane joined by weaker prediction
+    count as one piece.  A piece is a speck when its extent (bounding box
+    diagonal) is under ``SPECK_FRACTION`` times that of a typical large
+    piece (the median over the pieces, each weighted by its squared voxel
+    count) and under ``SPECK_MAX_NM``; the mask voxels of the other pieces
+    are the surface.  The scale follows the parent's own pieces, so a parent
+    of small particles keeps them, while a membrane's specks go however many
+    there are.  The surface is never larger than the mask, so a robust
+    interaction never reaches further than a plain one.
+
+    Parameters
+    ----------
+    parent : numpy.ndarray
+        The parent's prediction.
+    threshold : float
+        The parent's threshold.
+    pixel_size : float
+        Voxel size in Å.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean array of ``parent``'s shape.
+    """
+    parent = np.asarray(parent)
+    threshold = _number(threshold, "interaction threshold")
+    pixel_size = _number(pixel_size, "pixel size")
+    if pixel_size <= 0:
+        raise CryoInputError(None, f"pixel size must be positive, got {pixel_size}")
+    high = parent >= threshold
+    if not high.any():
+        return high
+    labels, n = ndimage.label(parent >= HYSTERESIS_LOW * threshold, structure=_FULL)
+    seeded = np.zeros(n + 1, dtype=bool)
+    seeded[labels[high]] = True
+    seeded[0] = False
+    size = np.bincount(labels.ravel(), minlength=n + 1)
+    diagonal = np.zeros(n + 1)
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is not None and seeded[index]:
+            diagonal[index] = math.sqrt(sum((s.stop - s.start) ** 2 for s in box))
+    pieces = np.flatnonzero(seeded)
+    # Weighting by the squared size makes the large pieces typical even among many specks.
+    typical = _weighted_median(diagonal[pieces], size[pieces].astype(float) ** 2)
+    keep = seeded & (diagonal >= min(SPECK_FRACTION * typical, SPECK_MAX_NM * 10.0 / pixel_size))
+    high &= keep[labels]
+    return high
+
+
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The value below and above which lie half of the total weight."""
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2.0)])
+
+
+def _reach(mask: np.ndarray, radius_nm: float, pixel_size: float) -> np.ndarray:
+    """``mask`` grown by ``radius_nm`` (a new array; the mask itself, copied, for 0)."""
     pixel_size = _number(pixel_size, "pixel size")
     if pixel_size <= 0:
         raise CryoInputError(None, f"pixel size must be positive, got {pixel_size}")
     radius_nm = _number(radius_nm, "interaction radius")
     if radius_nm < 0:
         raise CryoInputError(None, f"interaction radius must not be negative, got {radius_nm} nm")
-    threshold = _number(threshold, "interaction threshold")
-    mask = np.asarray(parent) >= threshold
     radius = radius_nm * 10.0 / pixel_size
     if radius <= 0 or not mask.any():
-        return mask
+        return mask.copy()
     return _grow(mask, radius)
 
 
@@ -438,10 +699,57 @@ def _grow(mask: np.ndarray, radius: float) -> np.ndarray:
     return grown
 
 
-def apply_interactions(predictions: dict[str, np.ndarray], graph: InteractionGraph, pixel_size: float) -> dict[str, np.ndarray]:
+def _objects(child: np.ndarray, threshold: float) -> np.ndarray:
+    """Labels of the child's objects: pieces above ``HYSTERESIS_LOW * threshold`` holding a voxel at or above ``threshold``; 0 elsewhere."""
+    labels, n = ndimage.label(child >= HYSTERESIS_LOW * threshold, structure=_FULL)
+    seeded = np.zeros(n + 1, dtype=bool)
+    seeded[labels[child >= threshold]] = True
+    seeded[0] = False
+    labels[~seeded[labels]] = 0
+    return labels
+
+
+def _apply_robust(child: np.ndarray, inter: Interaction, surface: np.ndarray, child_threshold: float, pixel_size: float) -> None:
+    """Apply one robust interaction to ``child`` in place, given the parent's :func:`parent_surface`."""
+    reach = _reach(surface, inter.radius_nm, pixel_size)
+    avoid = inter.kind == "avoid"
+    if avoid:
+        child[surface] = 0
+    labels = _objects(child, child_threshold)
+    n = int(labels.max())
+    total = np.bincount(labels.ravel(), weights=child.ravel(), minlength=n + 1)
+    inside = np.bincount(labels[reach], weights=child[reach], minlength=n + 1)
+    # An object touching the parent always has a part within an avoid radius, so avoid
+    # asks for more of it than colocalize does (see AVOID_FRACTION).
+    drop = inside >= AVOID_FRACTION * total if avoid else inside < COLOCALIZE_FRACTION * total
+    # A membrane or a sheet of carbon as the child is not one thing near or far: voxel by voxel.
+    large = np.zeros(n + 1, dtype=bool)
+    longest = OBJECT_MAX_NM * 10.0 / pixel_size
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        large[index] = box is not None and max(s.stop - s.start for s in box) > longest
+    large[0] = True  # voxels in no object (weak, unseeded) too
+    drop[large] = False
+    loose = large[labels]
+    loose &= reach if avoid else ~reach
+    loose |= drop[labels]
+    child[loose] = 0
+
+
+def _count_objects(child: np.ndarray, threshold: float) -> tuple[np.ndarray, int]:
+    """The child's objects as :class:`InteractionEffect` counts them: labels and their number."""
+    return ndimage.label(child >= threshold, structure=_FULL)
+
+
+def apply_interactions(
+    predictions: dict[str, np.ndarray],
+    graph: InteractionGraph,
+    pixel_size: float,
+    thresholds: Mapping[str, float] | None = None,
+) -> dict[str, np.ndarray]:
     """Apply competition, then interactions, to the models' predictions.
 
-    See the module docstring for the order.  The inputs are not modified.
+    See the module docstring for the order and the modes.  The inputs are
+    not modified.
 
     Parameters
     ----------
@@ -451,6 +759,10 @@ def apply_interactions(predictions: dict[str, np.ndarray], graph: InteractionGra
         The rules; validated against ``predictions``' names first.
     pixel_size : float
         Voxel size in Å, to convert interaction radii from nm.
+    thresholds : mapping of str to float, optional
+        Each model's own (calibrated) threshold: used by interactions whose
+        threshold is ``None`` (auto) and for the child's objects in robust
+        mode.  A model not named here has 0.5.
 
     Returns
     -------
@@ -463,10 +775,42 @@ def apply_interactions(predictions: dict[str, np.ndarray], graph: InteractionGra
         If the graph is not valid for these models, the pixel size is not
         positive or the predictions that interact differ in shape.
     """
+    return _apply(predictions, graph, pixel_size, thresholds, count=False)[0]
+
+
+def apply_interactions_with_effects(
+    predictions: dict[str, np.ndarray],
+    graph: InteractionGraph,
+    pixel_size: float,
+    thresholds: Mapping[str, float] | None = None,
+) -> tuple[dict[str, np.ndarray], InteractionEffects]:
+    """:func:`apply_interactions`, and how many child objects each interaction removed.
+
+    Counting labels the child before and after each rule, so it costs about
+    two connected-component passes per interaction.  On one slice (the live
+    preview) the objects are the slice's pieces.
+
+    Returns
+    -------
+    tuple
+        The new predictions (as :func:`apply_interactions` returns them) and
+        the effects, one per interaction in ``graph.interactions``' order.
+    """
+    return _apply(predictions, graph, pixel_size, thresholds, count=True)
+
+
+def _apply(
+    predictions: dict[str, np.ndarray],
+    graph: InteractionGraph,
+    pixel_size: float,
+    thresholds: Mapping[str, float] | None,
+    count: bool,
+) -> tuple[dict[str, np.ndarray], InteractionEffects]:
     pixel_size = _number(pixel_size, "pixel size")
     if pixel_size <= 0:
         raise CryoInputError(None, f"pixel size must be positive, got {pixel_size}")
     graph.validate(predictions)
+    own = {name: _number(t, f"threshold of {name!r}") for name, t in (thresholds or {}).items()}
     inputs = {name: np.asarray(p) for name, p in predictions.items()}
     involved = graph.emit | graph.absorb | {n for i in graph.interactions for n in (i.child, i.parent)}
     shapes = {inputs[name].shape for name in involved}
@@ -492,12 +836,30 @@ def apply_interactions(predictions: dict[str, np.ndarray], graph: InteractionGra
             absorber[absorber < top] = 0
         del top
 
+    effects: dict[int, InteractionEffect] = {}
+    # A parent is final before any of its children is visited, so its surface can be shared.
+    surfaces: dict[tuple[str, float], np.ndarray] = {}
     for child in graph.order(predictions):
-        for inter in graph.interactions:
+        child_threshold = own.get(child, DEFAULT_THRESHOLD)
+        for index, inter in enumerate(graph.interactions):
             if inter.child != child:
                 continue
-            near = interaction_mask(out[inter.parent], inter.threshold, inter.radius_nm, pixel_size)
-            if inter.kind == "colocalize":
-                np.logical_not(near, out=near)
-            out[child][near] = 0
-    return out
+            parent_threshold = own.get(inter.parent, DEFAULT_THRESHOLD) if inter.threshold is None else inter.threshold
+            if count:
+                labels, before = _count_objects(out[child], child_threshold)
+            if inter.mode == "robust":
+                key = (inter.parent, parent_threshold)
+                if key not in surfaces:
+                    surfaces[key] = parent_surface(out[inter.parent], parent_threshold, pixel_size)
+                _apply_robust(out[child], inter, surfaces[key], child_threshold, pixel_size)
+            else:
+                near = interaction_mask(out[inter.parent], parent_threshold, inter.radius_nm, pixel_size)
+                if inter.kind == "colocalize":
+                    np.logical_not(near, out=near)
+                out[child][near] = 0
+                del near
+            if count:
+                left = np.unique(labels[out[child] >= child_threshold])
+                effects[index] = InteractionEffect(inter, before, before - int(np.count_nonzero(left)))
+                del labels
+    return out, InteractionEffects(tuple(effects[i] for i in sorted(effects)))

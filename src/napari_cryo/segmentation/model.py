@@ -2,8 +2,10 @@
 
 A ``.scnm`` file is one zip archive holding ``metadata.json`` (title,
 colour, pixel size, box size, architecture name, training settings,
-threshold, overlap, emit/absorb flags, final loss, parameter count, loss
-history) and ``weights.pt`` (the torch ``state_dict``).  Loading checks the
+threshold, overlap, emit/absorb flags, slices of context, calibration offset,
+final loss, parameter count, loss history) and ``weights.pt`` (the torch
+``state_dict``).  Files written before context and calibration existed load
+as one slice and no offset.  Loading checks the
 archive, the format and version, every setting (sizes and numbers in range,
 a title without control characters), then reads the weights with
 ``weights_only`` (tensors, never code) and checks that they fit the named
@@ -47,6 +49,8 @@ PIXEL_SIZES = (0.01, 10_000.0)
 #: Tiles overlapping by nearly a whole tile would never cover a slice.
 MAX_OVERLAP = 0.75
 MAX_TITLE_LENGTH = 100
+MAX_CONTEXT = 15
+MAX_LOGIT_OFFSET = 20.0
 MAX_COUNT = 10**7
 _COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
 
@@ -183,9 +187,51 @@ def model_settings(meta: dict[str, Any], source: str | os.PathLike) -> dict[str,
         "overlap": _number(meta, "overlap", 0.2, 0.0, MAX_OVERLAP, source),
         "emit": _flag(meta, "emit", source),
         "absorb": _flag(meta, "absorb", source),
+        "context": _context(meta, source),
+        "logit_offset": _number(meta, "logit_offset", 0.0, -MAX_LOGIT_OFFSET, MAX_LOGIT_OFFSET, source),
         "training": _training(meta, source),
         "history": _history(meta, source),
     }
+
+
+def _context(meta: dict[str, Any], source: str | os.PathLike) -> int:
+    context = _number(meta, "context", 1, 1, MAX_CONTEXT, source, whole=True)
+    if context % 2 == 0:
+        raise CryoInputError(source, f"context must be an odd number of slices, not {context}")
+    return int(context)
+
+
+class ContextNet(torch.nn.Module):
+    """A 2D architecture fed several neighbouring slices: ``(B, C, H, W)`` in, the centre slice's logits out.
+
+    A small learned mix of the slices (a 3x3 convolution over all of them, then one
+    output channel) is added to the centre slice before the 2D network.  Its output
+    layer starts at zero, so training starts from the plain 2D model and learns how
+    much the neighbours help (membranes blurred by the missing wedge in one slice
+    are reinforced by the next).
+    """
+
+    def __init__(self, inner: torch.nn.Module, slices: int, width: int = 16) -> None:
+        super().__init__()
+        self.centre = slices // 2
+        self.mix = torch.nn.Sequential(
+            torch.nn.Conv2d(slices, width, 3, padding=1), torch.nn.ReLU(inplace=True), torch.nn.Conv2d(width, 1, 1)
+        )
+        torch.nn.init.zeros_(self.mix[2].weight)
+        torch.nn.init.zeros_(self.mix[2].bias)
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x[:, self.centre : self.centre + 1] + self.mix(x))
+
+
+def build_net(architecture: str, box_size: int, context: int = 1) -> torch.nn.Module:
+    """A new network of the named 2D architecture, wrapped in :class:`ContextNet` for ``context`` > 1 slices."""
+    arch = architectures.get(architecture)
+    if arch.dims != 2:
+        raise CryoInputError(None, f"architecture '{arch.name}' is 3D; napari-cryo trains and applies slice-wise (2D) architectures only")
+    net = arch.build(box_size)
+    return ContextNet(net, context) if context > 1 else net
 
 
 @dataclass
@@ -195,7 +241,7 @@ class SegmentationModel:
     Attributes
     ----------
     net : torch.nn.Module
-        Maps (B, 1, H, W) normalised images to (B, 1, H, W) logits.
+        Maps (B, ``context``, H, W) normalised slices to (B, 1, H, W) logits of the centre one.
     architecture : str
         Registry name of the architecture (:mod:`.architectures`).
     title : str
@@ -212,6 +258,11 @@ class SegmentationModel:
         Tile overlap (fraction of a tile) at inference.
     emit, absorb : bool
         Competition flags (see :mod:`.interactions`).
+    context : int
+        Slices the network sees (odd; the centre one is segmented), one model pixel apart.
+    logit_offset : float
+        Added to the network's logits before the sigmoid: calibration that puts the best
+        threshold found on the validation slices at probability 0.5.
     training : dict
         Epochs, batch size, learning rate and box sampling used.
     history : list of dict
@@ -228,17 +279,17 @@ class SegmentationModel:
     overlap: float = 0.2
     emit: bool = False
     absorb: bool = False
+    context: int = 1
+    logit_offset: float = 0.0
     training: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def new(cls, architecture: str, title: str, box_size: int = 64, pixel_size: float = 10.0, seed: int = 0, **kwargs: Any) -> "SegmentationModel":
-        """A freshly initialised model of the named architecture."""
-        arch = architectures.get(architecture)
-        if arch.dims != 2:
-            raise CryoInputError(None, f"architecture '{arch.name}' is 3D; napari-cryo trains and applies slice-wise (2D) architectures only")
+        """A freshly initialised model of the named architecture (``context`` among ``kwargs``: slices it sees)."""
         torch.manual_seed(seed)
-        return cls(net=arch.build(box_size), architecture=arch.name, title=title, box_size=box_size, pixel_size=pixel_size, **kwargs)
+        net = build_net(architecture, box_size, int(kwargs.get("context", 1)))
+        return cls(net=net, architecture=architectures.get(architecture).name, title=title, box_size=box_size, pixel_size=pixel_size, **kwargs)
 
     @property
     def n_parameters(self) -> int:
@@ -267,6 +318,8 @@ class SegmentationModel:
             "overlap": self.overlap,
             "emit": self.emit,
             "absorb": self.absorb,
+            "context": self.context,
+            "logit_offset": self.logit_offset,
             "final_loss": self.final_loss,
             "n_parameters": self.n_parameters,
             "training": self.training,
@@ -311,7 +364,7 @@ class SegmentationModel:
             arch = architectures.get(name)
             if arch.dims != 2:
                 raise CryoInputError(source, f"uses the 3D architecture '{arch.name}'; only slice-wise (2D) architectures are supported")
-            net = arch.build(settings["box_size"])
+            net = build_net(arch.name, settings["box_size"], settings["context"])
         except CryoInputError as exc:
             raise CryoInputError(source, exc.problem) from None
         state = _read_weights(weights, source)

@@ -17,8 +17,8 @@ import torch
 
 from ..errors import CryoInputError
 from .group import ModelGroup
-from .inference import predict_planes
-from .interactions import Interaction, InteractionGraph, apply_interactions
+from .inference import model_planes, predict_planes
+from .interactions import Interaction, InteractionEffects, InteractionGraph, apply_interactions_with_effects
 from .model import SegmentationModel
 
 
@@ -32,7 +32,8 @@ class ModelSnapshot:
 
 def preview_slice(
     snapshot: ModelSnapshot,
-    plane: np.ndarray,
+    volume: np.ndarray,
+    z: int,
     pixel_size: float,
     stats: tuple[float, float],
     device: torch.device | str = "cpu",
@@ -43,11 +44,29 @@ def preview_slice(
     The interactions' dilations are then computed within the slice (a 2D
     approximation of the 3D result of applying them to the volume).
     """
-    raw = {m.title: predict_planes(m, np.asarray(plane)[None], pixel_size, stats, device) for m in snapshot.models}
+    return preview_slice_with_effects(snapshot, volume, z, pixel_size, stats, device, interactions)[0]
+
+
+def preview_slice_with_effects(
+    snapshot: ModelSnapshot,
+    volume: np.ndarray,
+    z: int,
+    pixel_size: float,
+    stats: tuple[float, float],
+    device: torch.device | str = "cpu",
+    interactions: bool = True,
+) -> tuple[dict[str, np.ndarray], InteractionEffects]:
+    """:func:`preview_slice`, and how many objects of the slice each interaction removed.
+
+    ``auto`` interaction thresholds are each model's own threshold.
+    """
+    raw = {m.title: predict_planes(m, model_planes(m, volume, z, z + 1, pixel_size), pixel_size, stats, device) for m in snapshot.models}
     graph = snapshot.graph
+    effects = InteractionEffects()
     if interactions and (graph.interactions or graph.emit or graph.absorb):
-        raw = apply_interactions(raw, graph, pixel_size)
-    return {t: p[0] for t, p in raw.items()}
+        thresholds = {m.title: m.threshold for m in snapshot.models}
+        raw, effects = apply_interactions_with_effects(raw, graph, pixel_size, thresholds)
+    return {t: p[0] for t, p in raw.items()}, effects
 
 
 @dataclass
@@ -110,11 +129,12 @@ class SegmentationSession:
 
     def preview(
         self,
-        plane: np.ndarray,
+        volume: np.ndarray,
+        z: int,
         pixel_size: float,
         stats: tuple[float, float],
         device: torch.device | str = "cpu",
         interactions: bool = True,
     ) -> dict[str, np.ndarray]:
-        """Every model's output on one slice now (see :func:`preview_slice`)."""
-        return preview_slice(self.snapshot(), plane, pixel_size, stats, device, interactions)
+        """Every model's output on slice ``z`` now (see :func:`preview_slice`)."""
+        return preview_slice(self.snapshot(), volume, z, pixel_size, stats, device, interactions)

@@ -69,6 +69,21 @@ def missing_wedge_mask(shape: tuple[int, int, int], max_tilt: float = 60.0) -> n
     return np.broadcast_to(measured, (shape[0], shape[1], shape[2] // 2 + 1))
 
 
+def _transfer(shape: tuple[int, int, int], pixel_size: float, defocus_um: float, bfactor: float) -> np.ndarray:
+    """Isotropic CTF (uncorrected, phase contrast negative at low frequency) times a B-factor envelope, on the rfftn grid."""
+    kz = np.fft.fftfreq(shape[0])[:, None, None]
+    ky = np.fft.fftfreq(shape[1])[None, :, None]
+    kx = np.fft.rfftfreq(shape[2])[None, None, :]
+    k2 = (kz**2 + ky**2 + kx**2) / pixel_size**2
+    out = np.exp(-bfactor * k2 / 4.0)
+    if defocus_um:
+        wavelength, cs = 0.0197, 2.7e7  # Å at 300 kV; Å
+        chi = np.pi * wavelength * defocus_um * 1e4 * k2 - 0.5 * np.pi * cs * wavelength**3 * k2**2
+        # Sign chosen so that low frequencies keep their sign: dense material stays dark.
+        out = out * (np.sin(chi) * np.sqrt(1 - 0.07**2) + 0.07 * np.cos(chi))
+    return out.astype(np.float32)
+
+
 def simulate_tomogram(
     shape: tuple[int, int, int] = (96, 256, 256),
     pixel_size: float = 10.0,
@@ -82,6 +97,10 @@ def simulate_tomogram(
     snr: float = 0.5,
     max_tilt: float = 60.0,
     seed: int = 0,
+    defocus_um: float = 0.0,
+    bfactor: float = 0.0,
+    n_gold: int = 0,
+    membrane_thickness: float = 40.0,
 ) -> SyntheticTomogram:
     """Simulate one tomogram.
 
@@ -109,6 +128,15 @@ def simulate_tomogram(
         Tilt range ±``max_tilt`` degrees (the wedge).
     seed : int
         Random seed.
+    defocus_um : float
+        Defocus in µm of an uncorrected CTF (300 kV, Cs 2.7 mm, 7 % amplitude contrast) applied to
+        the volume's spectrum as if isotropic; 0: none.
+    bfactor : float
+        B-factor in Å² of an envelope exp(-B k² / 4) on the signal; 0: none.
+    n_gold : int
+        Gold beads (10 nm, very dark, unlabelled) scattered through the volume.
+    membrane_thickness : float
+        Distance in Å between the two leaflets of a membrane (the label covers both).
 
     Returns
     -------
@@ -133,7 +161,7 @@ def simulate_tomogram(
         labels[carbon_mask] = FEATURES["carbon"]
 
     # Vesicles: two Gaussian leaflets 40 Å apart.
-    leaflet = 40.0 / pixel_size / 2.0
+    leaflet = membrane_thickness / pixel_size / 2.0
     vesicles = []
     for _ in range(n_vesicles):
         r = rng.uniform(0.12, 0.2) * min(ny, nx)
@@ -207,12 +235,28 @@ def simulate_tomogram(
             sub = labels[sl]
             sub[(dz**2 + dy**2 + dx**2 <= (0.8 * p_r) ** 2) & (sub != FEATURES["carbon"])] = FEATURES["particle"]
 
-    # Missing wedge, then noise; dense material dark.
-    spectrum = np.fft.rfftn(density) * missing_wedge_mask(shape, max_tilt)
-    signal = np.fft.irfftn(spectrum, s=shape, axes=(0, 1, 2)).astype(np.float32)
+    # Gold from its own random stream so the other objects do not move; kept out of the SNR.
+    gold = np.zeros(shape, dtype=np.float32)
+    if n_gold:
+        gold_rng = np.random.default_rng([seed, 7])
+        gold_r = 50.0 / pixel_size
+        for c in gold_rng.uniform([0, 0, 0], shape, size=(n_gold, 3)):
+            sl, (dz, dy, dx) = _local(c, gold_r + 2, shape)
+            gold[sl] += 8.0 / (1.0 + np.exp((np.sqrt(dz**2 + dy**2 + dx**2) - gold_r) * 2.0))
+
+    # Missing wedge, CTF and envelope, then noise; dense material dark.
+    def imaged(d: np.ndarray) -> np.ndarray:
+        spectrum = np.fft.rfftn(d) * missing_wedge_mask(shape, max_tilt)
+        if defocus_um or bfactor:
+            spectrum = spectrum * _transfer(shape, pixel_size, defocus_um, bfactor)
+        return np.fft.irfftn(spectrum, s=shape, axes=(0, 1, 2)).astype(np.float32)
+
+    signal = imaged(density)
     noise = rng.standard_normal(size=shape, dtype=np.float32)
     noise = ndimage.gaussian_filter(noise, 0.6)
     noise *= np.sqrt(np.var(signal) / snr) / max(noise.std(), 1e-9)
+    if n_gold:
+        signal = signal + imaged(gold)
     volume = -(signal + noise)
     volume = (volume - volume.mean()) / volume.std()
     return SyntheticTomogram(
