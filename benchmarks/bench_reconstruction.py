@@ -44,14 +44,15 @@ from napari_cryo.tasks import drain  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def simulate(map_path: Path, out: Path, n: int, box: int, snr: float, pixel_size: float, seed: int = 0) -> None:
+def simulate(map_path: Path, out: Path, n: int, box: int, snr: float, pixel_size: float, seed: int = 0,
+             shift_px: float = 0.0) -> None:
     if (out / "particles.star").exists():
         return
     from napari_cryo.cli import main
 
     code = main(["simulate", "particles", str(map_path), "--n", str(n), "--box", str(box), "--snr", str(snr),
                  "--defocus-median", "20000", "--defocus-sigma", "0.3", "--pixel-size", str(pixel_size),
-                 "--out", str(out), "--seed", str(seed), "--device", "cpu"])
+                 "--shift-sigma", str(shift_px * pixel_size), "--out", str(out), "--seed", str(seed), "--device", "cpu"])
     assert code == 0
 
 
@@ -63,16 +64,43 @@ def score(volume: np.ndarray, rotations: np.ndarray | None, ref: np.ndarray, tru
     if rotations is not None:
         cmp = rotation_errors(rotations, truth_rot)
         out["median_deg"] = cmp.median
+        out["mean_deg"] = cmp.mean
+        out["within5"] = float(np.mean(cmp.errors <= 5))
+        out["within10"] = float(np.mean(cmp.errors <= 10))
         out["other_hand"] = cmp.other_hand_fraction
         out["scf"] = view_coverage(rotations).scf
     return out
 
 
+def pose_floor(data: ParticleData, ref: np.ndarray, truth_rot: np.ndarray, max_shift_px: float) -> dict:
+    """The pose-error floor: a global search of every particle against the *true* map, then local rounds to Nyquist.
+
+    No method can place the particles better than a search against the map they came from (at this band and
+    sampling), so its median error is the best the images allow.
+    """
+    from napari_cryo.reconstruction.refine import RefineSettings, search_round
+
+    refine = RefineSettings(max_shift=max_shift_px)
+    box = data.box or data.original_box
+    t0 = time.perf_counter()
+    rot, sh, _ = drain(search_round(data, [ref], None, None, refine.global_radius, refine, local=False))[0]
+    rows = {"global": rotation_errors(rot, truth_rot)}
+    for radius in (box / 4, box / 2, box / 2):
+        rot, sh, _ = drain(search_round(data, [ref], rot, sh, radius, refine, local=True))[0]
+    cmp = rotation_errors(rot, truth_rot)
+    out = {"floor_global_median_deg": rows["global"].median, "floor_median_deg": cmp.median, "floor_mean_deg": cmp.mean,
+           "floor_within5": float(np.mean(cmp.errors <= 5)), "floor_within10": float(np.mean(cmp.errors <= 10)),
+           "floor_s": time.perf_counter() - t0}
+    print("pose floor", out, flush=True)
+    return out
+
+
 def run_method(method: str, data: ParticleData, minutes: float, ref, truth_rot, work: Path,
-               collapse_scf: float | None = None) -> list[dict]:
+               collapse_scf: float | None = None, overrides: dict | None = None, truth_shift_px: np.ndarray | None = None) -> list[dict]:
     rows: list[dict] = []
     # Only cryoSPIN reads collapse_scf, so it can be given to every method.
     extra = {} if collapse_scf is None else {"collapse_scf": collapse_scf}
+    extra.update(overrides or {})
     settings = ReconstructionSettings(method=method, max_minutes=minutes, map_minutes=max(0.5, minutes / 8), **extra)
     t0 = time.perf_counter()
 
@@ -84,9 +112,13 @@ def run_method(method: str, data: ParticleData, minutes: float, ref, truth_rot, 
 
     result, _ = drain(reconstruct(data, settings, work / method, device="cpu"), on_value)
     final = {"t": time.perf_counter() - t0, "label": "final (half-map reconstruction)", "half_map_A": result.resolution,
-             **score(result.volume, result.rotations, ref, truth_rot, data.pixel_size)}
+             **score(result.volume, result.rotations, ref, truth_rot, data.pixel_size), "history": result.history}
+    if truth_shift_px is not None:
+        from napari_cryo.reconstruction.poses import shift_errors
+
+        final["shift_median_px"] = shift_errors(result.shifts, truth_shift_px, result.rotations).median
     rows.append(final)
-    print(method, final, flush=True)
+    print(method, {k: v for k, v in final.items() if k != "history"}, flush=True)
     return rows
 
 
@@ -161,6 +193,11 @@ def main() -> None:
     parser.add_argument("--cryodrgn", help="the cryodrgn executable of a separate virtual environment")
     parser.add_argument("--cryodrgn-minutes", type=float, help="cryoDRGN's budget (default: --minutes)")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the simulated data set (poses, defocus, noise)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a ReconstructionSettings field for every method (e.g. polish_rounds=0); repeatable")
+    parser.add_argument("--shift-sigma", type=float, default=0.0, help="standard deviation of the particles' origins, pixels")
+    parser.add_argument("--dataset", help="an existing particle set (particles.star, ground_truth.star, ground_truth_map.mrc)")
+    parser.add_argument("--floor", action="store_true", help="also measure the pose-error floor (search against the true map)")
     parser.add_argument("--collapse-scf", type=float,
                         help="cryoSPIN's collapse check (ReconstructionSettings.collapse_scf; default: the package's)")
     parser.add_argument("--workdir", default="/work/bench_recon")
@@ -171,8 +208,12 @@ def main() -> None:
     machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads on {os.cpu_count()} cores, torch {torch.__version__}"
     work = Path(args.workdir)
     suffix = f"_s{args.data_seed}" if args.data_seed else ""
+    suffix += f"_sh{args.shift_sigma:g}_snr{args.snr:g}" if args.shift_sigma else ""
     dataset = work / f"{Path(args.map).stem.split('-')[0]}{args.pixel_size:g}_{args.box}_{args.n}{suffix}"
-    simulate(Path(args.map), dataset, args.n, args.box, args.snr, args.pixel_size, args.data_seed)
+    if args.dataset:
+        dataset = Path(args.dataset)
+    else:
+        simulate(Path(args.map), dataset, args.n, args.box, args.snr, args.pixel_size, args.data_seed, args.shift_sigma)
     ref = np.asarray(read_mrc(dataset / "ground_truth_map.mrc")[0], dtype=np.float32)
     import starfile
 
@@ -186,8 +227,15 @@ def main() -> None:
     known_curve = fsc(known.volume, ref, data.pixel_size)
     print("known poses", known_curve.resolution_px(0.5), known.resolution, flush=True)
 
+    floor = pose_floor(data, ref, truth_rot, ReconstructionSettings().max_shift * args.box) if args.floor else {}
+
     budgets = {m: args.minutes for m in args.methods}
-    results = {m: run_method(m, data, budgets[m], ref, truth_rot, work / dataset.name, args.collapse_scf) for m in args.methods}
+    overrides = {}
+    for item in args.set:
+        name, value = item.split("=", 1)
+        overrides[name] = type(getattr(ReconstructionSettings(), name) if getattr(ReconstructionSettings(), name) is not None else 0.0)(value)
+    results = {m: run_method(m, data, budgets[m], ref, truth_rot, work / dataset.name, args.collapse_scf, overrides,
+                                truth_shift / data.pixel_size) for m in args.methods}
     drgn_minutes = args.cryodrgn_minutes or args.minutes
     if args.cryodrgn:
         budgets["cryodrgn abinit"] = drgn_minutes
@@ -196,6 +244,12 @@ def main() -> None:
         except (subprocess.CalledProcessError, OSError) as exc:
             print("cryodrgn failed:", exc, flush=True)
             results["cryodrgn abinit"] = []
+    import json
+
+    raw = {"dataset": str(dataset), "known_fsc05_px": known_curve.resolution_px(0.5), **floor, "minutes": args.minutes,
+           "results": results}
+    name = f"reconstruction_{dataset.name}_{'_'.join(args.methods)}.json"
+    (ROOT / "benchmarks" / "results" / name).write_text(json.dumps(raw, indent=1, default=float))
     if args.no_write:
         return
     map_arg = "" if Path(args.map).name == "hand-vol.mrc" else f" --map {Path(args.map).name}"

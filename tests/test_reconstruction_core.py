@@ -323,9 +323,9 @@ def test_amortized_phase_at_a_smaller_box_hands_working_box_poses_on(dataset, tm
     out = tmp_path / "run"
     code = main(["reconstruct", str(dataset / "particles.star"), "--out", str(out), "--amortized-box", "16", "--heads", "2",
                  "--max-minutes", "0.2", "--switch-after", "0.05", "--map-minutes", "0.01", "--batch-size", "64", "--device", "cpu",
-                 # This is the hand-off of the encoder's poses: a 3-s encoder's views are collapsed, and the check
-                 # (tested on its own) would start from a first map instead.
-                 "--collapse-scf", "0"])
+                 # This is the hand-off of the encoder's poses: a 3-s encoder's views are collapsed and its poses
+                 # unsettled, and the checks (tested on their own) would start from a first map instead.
+                 "--collapse-scf", "0", "--unsettled-degrees", "0"])
     assert code == 0
     rows = (out / "progress.csv").read_text().splitlines()[1:]
     assert {"amortized", "global search", "auto-decoding"} <= {r.split(",")[1] for r in rows}
@@ -469,10 +469,10 @@ def test_half_maps_of_pure_noise_claim_no_resolution_beyond_the_shared_band(nois
     )
 
     data = ParticleData(noise_only / "particles.star")
-    # The encoder's hand-off is what is tested: on a fast machine the collapse check could start these noise
-    # images from a first map instead, whose band is tested with the search method's below.
+    # The encoder's hand-off is what is tested: on a fast machine the collapse and unsettled checks could start these
+    # noise images from a first map instead, whose band is tested with the search method's below.
     settings = ReconstructionSettings(method=method, max_minutes=0.8, switch_after=0.25, batch_size=32, heads=3, shared_radius=0.1,
-                                      collapse_scf=0.0)
+                                      collapse_scf=0.0, unsettled_degrees=0.0)
     result, items = drain(reconstruct(data, settings))
     assert "auto-decoding" in {i["phase"] for i in items if isinstance(i, dict)}
     assert result.resolution / data.pixel_size > finest_px, np.round(np.asarray(result.fsc.fsc), 2)

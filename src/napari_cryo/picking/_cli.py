@@ -10,12 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CryoInputError
+from .batch import PickRunSettings, check_run, mask_for, masks_by_stem, pick_batch, pick_one
 
 HELP = "2D particle picking: train a picker, pick micrographs, evaluate picks"
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     from ..cli import add_device_arg
+    from ..cluster import add_scheduler_arg
 
     sub = parser.add_subparsers(dest="pick_command", metavar="STEP")
     sub.required = True
@@ -67,6 +69,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--invert", action="store_true", default=None, help="particles are white (default: the model's setting)")
     r.add_argument("--overwrite", action="store_true", help="replace pick files that exist")
     add_device_arg(r)
+    add_scheduler_arg(r)
 
     e = sub.add_parser("evaluate", help="precision and recall of picks against ground truth")
     e.add_argument("picks", help="picked coordinates: STAR file or directory (with rlnAutopickFigureOfMerit)")
@@ -79,26 +82,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def _warn(messages: list[str]) -> None:
     for m in messages:
         print(f"napari-cryo pick: warning: {m}", file=sys.stderr)
-
-
-def _masks_by_stem(paths: list[str] | None) -> dict[str, np.ndarray]:
-    from ..io.mrc import read_mrc
-    from .data import stem_of
-
-    masks = {}
-    for p in paths or []:
-        data, _ = read_mrc(p)
-        masks[stem_of(p)] = np.asarray(data) > 0
-    return masks
-
-
-def _mask_for(masks: dict[str, np.ndarray], stem: str, shape: tuple[int, ...], path: Path) -> np.ndarray | None:
-    for key, mask in masks.items():
-        if stem == key or stem.startswith(key) or key.startswith(stem):
-            if mask.shape != shape:
-                raise CryoInputError(path, f"mask {key} has shape {mask.shape}, the micrograph {shape}")
-            return mask
-    return None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -124,7 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     false_pos = match_picks(args.false_positives, mics, "false positives") if args.false_positives else None
     if false_pos:
         _warn(false_pos.warnings)
-    masks = _masks_by_stem(args.masks)
+    masks = masks_by_stem(args.masks)
     if args.from_model == "scratch":
         model = PickerModel.new(name=args.name or out.stem)
     else:
@@ -141,7 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 wpx,
                 positives.by_stem.get(m.stem, np.zeros((0, 2))),
                 None if false_pos is None else false_pos.by_stem.get(m.stem),
-                _mask_for(masks, m.stem, m.image.shape, m.path),
+                mask_for(masks, m.stem, m.image.shape, m.path),
                 complete=args.complete,
                 expected_particles=args.expected_particles,
                 invert=model.invert,
@@ -208,42 +191,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..device import resolve_device
-    from .data import check_micrographs, load_micrograph
-    from .export import check_targets, micrograph_file_name, picks_path, write_picks
+    from .data import check_micrographs
+    from .export import check_targets
     from .model import load_model
-    from .picks import pick_micrograph
 
     out = Path(args.out)
+    settings = PickRunSettings.from_args(args)
+    if args.scheduler:
+        from ..cluster import connect, print_report
+
+        with connect(args.scheduler) as client:
+            report = pick_batch(client, args.micrographs, out, settings, args.model, args.masks, args.overwrite)
+        print(f"{sum(report.values())} picks in {len(report.finished)} new pick file(s) in {out}")
+        return print_report(report, "pick", "micrograph")
     if out.exists() and not out.is_dir():
         raise CryoInputError(out, "exists and is not a directory")
     device = resolve_device(args.device)
     model = load_model(args.model)
-    threshold = model.threshold if args.threshold is None else args.threshold
-    if not 0 <= threshold <= 1:
-        raise CryoInputError(None, f"--threshold must be between 0 and 1, got {threshold}")
-    masks = _masks_by_stem(args.masks)
-    targets = [picks_path(out, p) for p in args.micrographs]
+    targets = check_run(out, model, settings, args.micrographs)
+    masks = masks_by_stem(args.masks)
     check_targets(targets, args.overwrite)
     check_micrographs(args.micrographs, args.pixel_size)  # a bad file late in the list must not stop the run halfway
     out.mkdir(parents=True, exist_ok=True)
     total = 0
     for path, target in zip(tqdm(args.micrographs, desc="picking", unit="micrograph", disable=None), targets):
-        mic = load_micrograph(path, args.pixel_size)
-        result = pick_micrograph(
-            model,
-            mic.image,
-            mic.pixel_size,
-            args.diameter,
-            working_px=args.working_pixel_size,
-            invert=args.invert,
-            exclude_mask=_mask_for(masks, mic.stem, mic.image.shape, mic.path),
-            exclude_junk=not args.keep_junk,
-            device=device,
-            name=str(path),
-        )
-        yx, scores = result.picks(threshold, args.min_distance, args.border)
-        write_picks(target, yx, scores, mic.pixel_size, micrograph_file_name(path))
-        total += len(yx)
+        total += pick_one(model, path, target, settings, device, masks)
     print(f"wrote {len(targets)} pick file(s) with {total} picks to {out}")
     return 0
 

@@ -51,6 +51,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--collapse-scf", type=float, default=d.collapse_scf, metavar="SCF",
                         help=f"cryospin: when the encoder's views reach an SCF below this (checked from amortized epoch {d.collapse_epochs}), "
                              f"take the first poses from a stochastic first map instead (default {d.collapse_scf:g}; 0: as published)")
+    parser.add_argument("--unsettled-degrees", type=float, default=d.unsettled_degrees, metavar="DEG",
+                        help=f"cryospin: when the encoder's poses still move the median particle by more than DEG per epoch over "
+                             f"{d.patience} epochs without falling (checked from amortized epoch {d.collapse_epochs}), switch at once "
+                             f"and take the first poses from a stochastic first map (default {d.unsettled_degrees:g}; 0: as published)")
     parser.add_argument("--first-map-batches", type=int, default=d.first_map_batches, help=f"search: batches of the stochastic first map (default {d.first_map_batches})")
     parser.add_argument("--invert", action="store_true", help="invert the contrast: the particles are dark on a light background (RELION-extracted particles are white)")
     parser.add_argument("--phase-flip", action="store_true", help="phase-flip the images first (off by default)")
@@ -82,6 +86,7 @@ def main(args: argparse.Namespace) -> int:
         method=args.method, batch_size=args.batch_size, max_minutes=args.max_minutes, heads=args.heads,
         switch_after=args.switch_after, amortized_box=args.amortized_box, pose_steps=args.pose_steps, seed=args.seed,
         global_rounds=args.global_rounds, collapse_scf=args.collapse_scf,
+        unsettled_degrees=args.unsettled_degrees,
         checkpoint_minutes=args.checkpoint_minutes, map_minutes=args.map_minutes, first_map_batches=args.first_map_batches,
     )
     folder = RunFolder(out, create=False)

@@ -4,8 +4,9 @@
 until its loss plateaus, half the budget is spent or the switch is forced,
 hands the encoder's poses on to per-particle poses (:mod:`.auto_decoding`),
 and ends with a direct reconstruction from the poses reached.  When the
-encoder's views collapse (cryoSPIN), the first poses come instead from a
-global search against a stochastic first map.
+encoder's views collapse or its poses do not settle (cryoSPIN), the run
+switches at once and the first poses come instead from a global search
+against a stochastic first map.
 """
 
 from __future__ import annotations
@@ -148,15 +149,18 @@ def _map_update(run: EncoderRun, folder: RunFolder, control: RunControl, label: 
 
 
 def _switch_from_amortized(run: EncoderRun, folder: RunFolder, control: RunControl) -> Generator[Value, None, None]:
-    """Switch to per-particle poses when the views collapsed, the loss plateaued, the switch is forced or half the budget is spent."""
+    """Switch to per-particle poses when the views collapsed or the poses are not settling (from a first map), the loss
+    plateaued, the switch is forced or half the budget is spent (from the encoder's poses)."""
     s = run.s
     losses = [r["loss"] for r in run.history if r["phase"] == "amortized"]
     plateau = len(losses) > s.patience and (losses[-s.patience - 1] - losses[-1]) < s.plateau * abs(losses[-s.patience - 1])
     forced = s.switch_after is not None and control.clock() >= s.switch_after * 60
     collapsed = collapsed_views(run)
-    if collapsed is not None:
-        yield Progress(0, None, f"the encoder's views collapsed (SCF {collapsed.scf:.2f} after {run.epoch} epochs): "
-                                "first poses from a global search against a stochastic first map")
+    unsettled = None if collapsed is not None else unsettled_poses(run)
+    if collapsed is not None or unsettled is not None:
+        why = (f"the encoder's views collapsed (SCF {collapsed.scf:.2f} after {run.epoch} epochs)" if collapsed is not None else
+               f"the encoder's poses are not settling ({', '.join(f'{c:.0f}' for c in unsettled)}° per epoch)")
+        yield Progress(0, None, f"{why}: first poses from a global search against a stochastic first map")
         if (yield from poses_from_first_map(run, folder, control)):
             run.phase = "auto-decoding"
             run.switched_at = control.clock()
@@ -189,6 +193,25 @@ def collapsed_views(run: EncoderRun) -> ViewCoverage | None:
         return None
     coverage = view_coverage(rotation_from_6d(run.rot6d).numpy())
     return coverage if coverage.measured and coverage.scf < s.collapse_scf else None
+
+
+def unsettled_poses(run: EncoderRun) -> list[float] | None:
+    """The last amortized epochs' median pose changes (degrees) when the encoder's poses are not settling, else None.
+
+    Not settling: from amortized epoch ``collapse_epochs`` on, each of the last
+    ``patience`` epochs moved the median particle by more than ``unsettled_degrees``,
+    and the last moved it by more than ``unsettled_ratio`` of the first of them.
+    An encoder that is learning the map moves its poses less and less; one that
+    keeps moving them by tens of degrees an epoch is not converging on any map,
+    and the time it takes is better spent on a first map and global searches.
+    """
+    s = run.s
+    if s.method != "cryospin" or s.unsettled_degrees <= 0 or run.phase != "amortized" or run.epoch < max(s.collapse_epochs, s.patience):
+        return None
+    changes = [r["pose_change_deg"] for r in run.history if r["phase"] == "amortized"][-s.patience:]
+    if len(changes) < s.patience or not all(math.isfinite(c) and c > s.unsettled_degrees for c in changes):
+        return None
+    return changes if changes[-1] > s.unsettled_ratio * changes[0] else None
 
 
 def poses_from_first_map(run: EncoderRun, folder: RunFolder, control: RunControl) -> Generator[Value, None, bool]:

@@ -62,6 +62,13 @@ class ReconstructionSettings:
         first poses from a global search against a stochastic first map (as the ``search``
         method does) instead of from the encoder.  The default, 0.5, is the SCF below which
         every run warns (:data:`~.coverage.UNEVEN_SCF`); 0: no check, cryoSPIN as published.
+    unsettled_degrees, unsettled_ratio : float
+        cryoSPIN: from amortized epoch ``collapse_epochs`` on, when each of the last
+        ``patience`` epochs moved the median particle's pose by more than ``unsettled_degrees``
+        and the last by more than ``unsettled_ratio`` of the first of them, the encoder is
+        not settling: the run switches at once, its first poses from a global search against a
+        stochastic first map, as after a collapse (:func:`~.phases.unsettled_poses`).
+        0 degrees: no check, cryoSPIN as published.
     shared_radius : float
         cryoSPIN and cryoAI: band (cycles/pixel) below which the two half-sets may share
         information at the switch to per-particle poses; above it the
@@ -97,6 +104,8 @@ class ReconstructionSettings:
     settle_degrees: float = 1.0
     collapse_scf: float = UNEVEN_SCF
     collapse_epochs: int = 5
+    unsettled_degrees: float = 10.0
+    unsettled_ratio: float = 0.8
     shared_radius: float = 0.15
     amortized_box: int | None = None
     checkpoint_minutes: float = 2.0

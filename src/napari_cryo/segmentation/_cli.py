@@ -13,12 +13,14 @@ from pathlib import Path
 
 from ..errors import CryoInputError
 from ..io.names import safe_file_stem
+from .batch import apply_batch, apply_outputs, load_group, pick_particles_batch, pick_segmentation, pick_targets, segment_one
 
 HELP = "tomogram segmentation: train per-feature models, group them with interactions, apply, pick, mesh"
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     from ..cli import add_device_arg
+    from ..cluster import add_scheduler_arg
     from . import architectures
 
     sub = parser.add_subparsers(dest="segment_command", metavar="STEP")
@@ -77,16 +79,21 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--pixel-size", type=float, metavar="A", help="pixel size of tomograms whose header has none")
     p.add_argument("--overwrite", action="store_true", help="replace existing segmentations (all are checked before the first is written)")
     add_device_arg(p)
+    add_scheduler_arg(p)
 
-    k = sub.add_parser("pick", help="pick particles from a segmentation")
-    k.add_argument("segmentation", help="segmentation MRC (probabilities)")
+    k = sub.add_parser("pick", help="pick particles from a segmentation",
+                       description="Pick particles from segmentations. One segmentation: --out is the coordinates file (or a directory); "
+                                   "several: --out is a directory and each gets DIR/<segmentation>_particles.star.")
+    k.add_argument("segmentation", nargs="+", help="segmentation MRC (probabilities); several with --out DIR")
     k.add_argument("--threshold", type=float, default=0.5)
     k.add_argument("--min-volume", type=float, default=0.0, metavar="A3", help="smallest particle volume in Å³")
     k.add_argument("--min-spacing", type=float, default=0.0, metavar="A", help="minimum distance between particles in Å (the heavier is kept)")
     k.add_argument("--no-separate", action="store_true", help="do not split touching particles (plain connected components)")
-    k.add_argument("--out", required=True, metavar="COORDS.star", help="STAR (.star, rlnCoordinateX/Y/Z in pixels) or tab-separated text (.tsv/.txt)")
+    k.add_argument("--out", required=True, metavar="COORDS.star|DIR",
+                   help="STAR (.star, rlnCoordinateX/Y/Z in pixels) or tab-separated text (.tsv/.txt); a directory for several segmentations")
     k.add_argument("--pixel-size", type=float, metavar="A")
     k.add_argument("--overwrite", action="store_true", help="replace an existing coordinates file")
+    add_scheduler_arg(k)
 
     m = sub.add_parser("mesh", help="surface mesh (.obj, in Å) of a segmentation")
     m.add_argument("segmentation", help="segmentation MRC (probabilities)")
@@ -216,63 +223,55 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from ..device import resolve_device
     from ..io.atomic import check_outputs
     from ..tasks import run_with_tqdm
-    from .files import load_volume, write_segmentation
-    from .group import load_models
-    from .interactions import InteractionEffects
+    from .files import load_volume
 
-    group = load_models([args.model])
+    if args.scheduler:
+        from ..cluster import connect, print_report
+
+        with connect(args.scheduler) as client:
+            report = apply_batch(client, args.model, args.tomograms, args.out, args.pixel_size, args.device, args.overwrite)
+        return print_report(report, "segment", "tomogram")
+    group = load_group(args.model)
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise CryoInputError(out_dir, "is a file; --out must be a directory")
     # Every input and every output of every tomogram is checked before the long work, so a bad file or a clash
     # on the last tomogram fails at once and writes nothing.
     volumes = [load_volume(p, args.pixel_size) for p in args.tomograms]
-    outputs = _apply_outputs(out_dir, [vol.path for vol in volumes], group.titles)
+    outputs = apply_outputs(out_dir, [vol.path for vol in volumes], group.titles)
     check_outputs([path for per_tomogram in outputs for path in per_tomogram.values()], overwrite=args.overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
     for vol, paths in zip(volumes, outputs):
-
-        def report(value, name: str = vol.path.name) -> None:
-            if isinstance(value, InteractionEffects):  # what each interaction removed, on stderr
-                for line in value.describe():
-                    print(f"{name}: {line}", file=sys.stderr)
-
-        result = run_with_tqdm(group.apply(vol.data, vol.pixel_size, device), vol.path.name, on_value=report)
-        for title, probs in result.items():
-            write_segmentation(paths[title], probs, vol.pixel_size, vol.origin, title, overwrite=True)
-            print(paths[title])
+        for path in segment_one(group, vol, paths, device, run_with_tqdm, lambda line: print(line, file=sys.stderr)):
+            print(path)
     return 0
-
-
-def _apply_outputs(out_dir: Path, tomograms: list[Path], titles: list[str]) -> list[dict[str, Path]]:
-    """Per tomogram, feature -> its segmentation file; two tomograms that would write the same file are refused."""
-    from .files import segmentation_path
-
-    outputs, seen = [], {}
-    for tomogram in tomograms:
-        paths = {title: segmentation_path(out_dir, tomogram, title) for title in titles}
-        for path in paths.values():
-            if path in seen:
-                why = "is given twice" if seen[path] == tomogram else f"would write {path.name} as {seen[path]} does; give the tomograms different names"
-                raise CryoInputError(tomogram, why)
-            seen[path] = tomogram
-        outputs.append(paths)
-    return outputs
 
 
 def cmd_pick(args: argparse.Namespace) -> int:
     from ..io.atomic import check_outputs, check_writable
-    from .files import load_volume, tomogram_name
-    from .particles import PickSettings, pick_particles, write_picks
+    from .files import load_volume
+    from .particles import PickSettings
 
-    check_outputs([args.out], overwrite=args.overwrite)
-    out = check_writable(args.out, overwrite=args.overwrite)
-    vol = load_volume(args.segmentation, args.pixel_size, what="segmentation")
+    if args.scheduler:
+        from ..cluster import connect, print_report
+
+        settings = PickSettings(threshold=args.threshold, min_volume=args.min_volume, min_spacing=args.min_spacing, separate=not args.no_separate)
+        with connect(args.scheduler) as client:
+            report = pick_particles_batch(client, args.segmentation, args.out, settings, args.pixel_size, args.overwrite)
+        return print_report(report, "segment", "segmentation")
+    targets, directory = pick_targets(args.segmentation, args.out)
+    check_outputs(targets, overwrite=args.overwrite)
+    if directory:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    for target in targets:
+        check_writable(target, overwrite=args.overwrite)
+    # Every segmentation is opened (its header read) before the first is picked: a bad file late in the list writes nothing.
+    volumes = [load_volume(p, args.pixel_size, what="segmentation") for p in args.segmentation]
     settings = PickSettings(threshold=args.threshold, min_volume=args.min_volume, min_spacing=args.min_spacing, separate=not args.no_separate)
-    picked = pick_particles(vol.data, vol.pixel_size, settings)
-    write_picks(out, picked, vol.pixel_size, tomogram_name(vol.path), overwrite=args.overwrite)
-    print(f"{out}: {len(picked.coordinates)} particles")
+    for vol, target in zip(volumes, targets):
+        count = pick_segmentation(vol, target, settings, args.overwrite)
+        print(f"{target}: {count} particles")
     return 0
 
 

@@ -7,6 +7,18 @@ import sys
 from pathlib import Path
 
 from ..errors import CryoInputError
+from .batch import (
+    EXTRACT_SUFFIX,
+    AtlasOptions,
+    analyse_atlas_file,
+    extract_batch,
+    extract_one,
+    extract_targets,
+    load_atlas_file,
+    score_batch,
+    score_one,
+    score_outputs,
+)
 
 HELP = "grid atlases: extract squares, train the square scorer, score and rank squares"
 
@@ -18,14 +30,20 @@ def _atlas_args(p: argparse.ArgumentParser) -> None:
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     from ..cli import add_device_arg
+    from ..cluster import add_scheduler_arg
 
     sub = parser.add_subparsers(dest="squares_command", metavar="STEP")
     sub.required = True
-    e = sub.add_parser("extract", help="find the squares of an atlas and measure brightness and squareness")
-    e.add_argument("atlas", help="atlas: MRC or TIFF (or an MRC stack of tiles with --montage)")
-    e.add_argument("--out", required=True, metavar="CSV")
+    e = sub.add_parser(
+        "extract", help="find the squares of an atlas and measure brightness and squareness",
+        description="Find the squares of atlases. One atlas: --out is the CSV (or a directory); several: --out is a directory "
+                    f"and each atlas gets DIR/<atlas>{EXTRACT_SUFFIX}.",
+    )
+    e.add_argument("atlas", nargs="+", help="atlas: MRC or TIFF (or an MRC stack of tiles with --montage); several with --out DIR")
+    e.add_argument("--out", required=True, metavar="CSV|DIR")
     e.add_argument("--overwrite", action="store_true", help="replace CSV if it exists")
     _atlas_args(e)
+    add_scheduler_arg(e)
     t = sub.add_parser("train", help="train the square scorer (XCryoNet) from labelled squares")
     t.add_argument("atlases", nargs="+")
     t.add_argument("--labels", nargs="+", required=True, metavar="CSV", help="one labels CSV per atlas, in the same order")
@@ -39,69 +57,35 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     _atlas_args(t)
     add_device_arg(t)
     s = sub.add_parser("score", help="score and rank the squares of atlases; writes CSV, STAR and attention maps")
-    s.add_argument("model")
-    s.add_argument("atlases", nargs="+")
+    s.add_argument(
+        "atlases", nargs="+", metavar="[MODEL.pt] ATLAS",
+        help="a square model file (.pt) first, then atlases; without a model, the shipped default (trained on synthetic atlases) scores",
+    )
     s.add_argument("--out", required=True, metavar="DIR")
     s.add_argument("--overwrite", action="store_true", help="replace files in DIR that exist")
     _atlas_args(s)
     add_device_arg(s)
-
-
-def _load(path: str, args: argparse.Namespace):
-    from .atlas import load_atlas, load_montage
-    from ..io.names import file_stem as stem
-
-    if args.montage:
-        image, px = load_montage(path, args.montage[0], args.montage[1], args.overlap)
-    else:
-        image, px = load_atlas(path)
-    return stem(path), image, px
-
-
-def _analyse(path: str, args: argparse.Namespace):
-    from .pipeline import analyse_atlas
-
-    name, image, px = _load(path, args)
-    try:
-        return analyse_atlas(image, name, px)
-    except CryoInputError as exc:
-        raise CryoInputError(path, exc.problem) from None
-
-
-def score_outputs(directory: str | Path, atlases: list[str], variant: str) -> list[Path]:
-    """Every file ``squares score`` writes for the atlas files, in the order it writes them.
-
-    Raises
-    ------
-    CryoInputError
-        If two atlases have the same name (their files would collide).
-    """
-    from ..io.names import file_stem
-    from .pipeline import attention_keys, attention_path
-    from .ranked import ranked_paths
-
-    names = [file_stem(path) for path in atlases]
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            raise CryoInputError(atlases[i], f"has the same name as {atlases[names.index(name)]}; their output files would collide")
-    return [
-        path
-        for name in names
-        for path in (*ranked_paths(directory, name), *(attention_path(directory, name, key) for key in attention_keys(variant)))
-    ]
+    add_scheduler_arg(s)
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from ..io.atomic import atomic_path, check_outputs
+    from ..cluster import make_out_folder
+    from ..io.atomic import check_outputs
 
-    (out,) = check_outputs([args.out], overwrite=args.overwrite)
-    if not out.parent.is_dir():
-        raise CryoInputError(out, f"directory {out.parent} does not exist")
-    atlas = _analyse(args.atlas, args)
-    table = atlas.squares.rename(columns={})[["center_x", "center_y", "side", "angle", "complete", "ncc", "brightness", "squareness"]]
-    with atomic_path(out, overwrite=args.overwrite) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.3f")
-    print(f"wrote {out}: {len(table)} squares ({int(table['complete'].sum())} complete), pitch {atlas.lattice.pitch:.1f} px, angle {atlas.lattice.angle:.1f}°")
+    if args.scheduler:
+        from ..cluster import connect, print_report
+
+        with connect(args.scheduler) as client:
+            report = extract_batch(client, args.atlas, args.out, AtlasOptions.from_args(args), args.overwrite)
+        return print_report(report, "squares", "atlas")
+    targets, directory = extract_targets(args.atlas, args.out)
+    check_outputs(targets, overwrite=args.overwrite)
+    make_out_folder(args.out, targets, directory)
+    if len(args.atlas) > 1:  # every atlas is read once first: a bad file late in the list must not stop the run halfway
+        for path in args.atlas:
+            load_atlas_file(path, AtlasOptions.from_args(args))
+    for path, out in zip(args.atlas, targets):
+        print(extract_one(path, out, AtlasOptions.from_args(args), args.overwrite))
     return 0
 
 
@@ -124,13 +108,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     atlases = []
     for atlas_path, label_path in zip(args.atlases, args.labels):
-        atlas = _analyse(atlas_path, args)
+        atlas = analyse_atlas_file(atlas_path, AtlasOptions.from_args(args))
         matched, warnings = match_labels(read_labels(label_path), atlas.squares, atlas.lattice.pitch / 2, name=label_path)
         for w in warnings:
             print(f"napari-cryo squares: warning: {w}", file=sys.stderr)
         atlases.append((atlas, matched))
     if not args.fully_supervised:
-        atlases += [(_analyse(path, args), None) for path in args.unlabeled]
+        atlases += [(analyse_atlas_file(path, AtlasOptions.from_args(args)), None) for path in args.unlabeled]
     crops, labels = training_set(atlases)
     model = SquareModel(XCryoNet(variant=args.variant), name=out.stem)
     config = SquareTrainConfig(epochs=args.epochs, semi_supervised=not args.fully_supervised)
@@ -148,28 +132,36 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     from ..device import resolve_device
     from ..io.atomic import check_outputs
-    from ..io.mrc import write_mrc
     from .model import SquareModel
-    from .pipeline import attention_path, score_atlas
-    from .ranked import write_ranked
 
-    model = SquareModel.load(args.model)
+    from .default_model import DEFAULT_NAME, load_default_model
+
+    # A first path ending in .pt is the model (atlases are MRC or TIFF); without one the shipped default scores.
+    paths = list(args.atlases)
+    model_path = paths.pop(0) if paths[0].lower().endswith(".pt") else None
+    if not paths:
+        raise CryoInputError(None, "give at least one atlas to score")
+    args.atlases = paths
+    model = SquareModel.load(model_path) if model_path else load_default_model()
+    if model_path is None:
+        print(f"scoring with the {DEFAULT_NAME} model")
+    if args.scheduler:
+        from ..cluster import connect, print_report
+
+        with connect(args.scheduler) as client:
+            report = score_batch(client, args.atlases, args.out, model_path or "", AtlasOptions.from_args(args), args.device, args.overwrite)
+        return print_report(report, "squares", "atlas")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CryoInputError(out, "exists and is not a directory")
     # Every atlas's files are checked before the first is scored: a clash never leaves some atlases written.
     check_outputs(score_outputs(out, args.atlases, model.variant), overwrite=args.overwrite)
     for path in args.atlases:  # every atlas is read once first: a bad file late in the list must not stop the run halfway
-        _load(path, args)
+        load_atlas_file(path, AtlasOptions.from_args(args))
     device = resolve_device(args.device)
     out.mkdir(parents=True, exist_ok=True)
     for path in args.atlases:
-        atlas = _analyse(path, args)
-        table, maps = score_atlas(model, atlas, str(device))
-        csv, star = write_ranked(out, table, atlas.name, atlas.pixel_size, overwrite=args.overwrite)
-        for key, m in maps.items():
-            write_mrc(attention_path(out, atlas.name, key), m, atlas.pixel_size or 1.0, overwrite=args.overwrite)
-        print(f"wrote {csv}, {star.name} ({int(table['complete'].sum())} squares ranked)" + (f" and {len(maps)} attention maps" if maps else ""))
+        print(score_one(model, path, out, AtlasOptions.from_args(args), device, args.overwrite))
     return 0
 
 

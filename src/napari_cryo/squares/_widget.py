@@ -218,7 +218,8 @@ class SquaresWidget(CryoView):
     def _scored(self, results: dict) -> None:
         maps = [step for atlas_id in self.session.set_scores(results) for step in self._show(atlas_id)]
         self._fill_table()
-        self.notify(f"scored {len(self._rows)} squares")
+        model = self.session.model.name if self.session.model is not None else "the model"
+        self.notify(f"scored {len(self._rows)} squares with {model}")
         in_turns(maps)
 
     def _fill_table(self) -> None:

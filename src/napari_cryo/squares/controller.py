@@ -236,11 +236,16 @@ class SquaresSession:
 
     # ---------------------------------------------------------------- scoring
     def score_job(self, device: str = "cpu") -> Job:
-        """A job scoring every atlas with the model; it returns ``{atlas_id: (table, maps)}`` for :meth:`set_scores`."""
-        if self.model is None:
-            raise CryoInputError(None, "train or load a model first")
+        """A job scoring every atlas with the model; it returns ``{atlas_id: (table, maps)}`` for :meth:`set_scores`.
+
+        Without a trained or loaded model, the shipped default (trained on synthetic atlases) scores.
+        """
         if not self.atlases:
             raise CryoInputError(None, NOT_EXTRACTED)
+        if self.model is None:
+            from .default_model import load_default_model
+
+            self.model = load_default_model()
         model, items = self.model, [(atlas_id, s.atlas) for atlas_id, s in self.atlases.items()]
 
         def job() -> Generator[Any, None, dict[str, tuple[pd.DataFrame, dict[str, np.ndarray]]]]:
