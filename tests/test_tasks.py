@@ -77,3 +77,25 @@ def test_drain_returns_the_value_and_every_item():
     seen = []
     value, items = drain(gen(), seen.append)
     assert value == 42 and items == [Progress(1, 2), "map"] and seen == items
+
+
+def test_run_with_tqdm_writes_progress_lines_to_a_log(monkeypatch, capsys):
+    """Standard error is not a terminal under pytest: no bar, but a line per LOG_EVERY_S with the step and its message;
+    a time budget is counted in seconds."""
+    from napari_cryo import tasks
+
+    monkeypatch.setattr(tasks, "LOG_EVERY_S", 0.0)
+
+    def job():
+        for i in range(3):
+            yield tasks.Progress(i + 1, 3, f"epoch {i + 1}")
+        yield {"phase": "amortized"}
+        return "done"
+
+    seen = []
+    assert tasks.run_with_tqdm(job(), "training", seen.append) == "done"
+    err = capsys.readouterr().err
+    assert "training: 1/3: epoch 1" in err and "training: 3/3: epoch 3" in err
+    assert seen == [{"phase": "amortized"}]
+    assert tasks.run_with_tqdm(job(), "reconstruct", budget_s=60) == "done"
+    assert "reconstruct: 0 of 60 s: epoch 1" in capsys.readouterr().err

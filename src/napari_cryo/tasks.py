@@ -54,8 +54,16 @@ def drain(gen: Iterator[Any], on_value: Callable[[Any], None] | None = None) -> 
             on_value(item)
 
 
-def run_with_tqdm(gen: Iterator[Any], description: str = "", on_value: Callable[[Any], None] | None = None) -> Any:
+#: Seconds between progress lines when standard error is not a terminal (a log file): the bar is off there.
+LOG_EVERY_S = 30.0
+
+
+def run_with_tqdm(gen: Iterator[Any], description: str = "", on_value: Callable[[Any], None] | None = None,
+                  budget_s: float | None = None) -> Any:
     """Drive a progress generator in the terminal; return its return value.
+
+    On a terminal, a tqdm bar with the rate and the time left; in a log (standard
+    error not a terminal), one line every :data:`LOG_EVERY_S` seconds instead.
 
     Parameters
     ----------
@@ -65,10 +73,18 @@ def run_with_tqdm(gen: Iterator[Any], description: str = "", on_value: Callable[
         The progress bar's label.
     on_value : callable, optional
         Called with every yielded value that is not a :class:`Progress`.
+    budget_s : float, optional
+        For work that runs to a time budget: the bar counts seconds of it, so its ETA is the budget's end.
     """
+    import sys
+    import time
+
     from tqdm import tqdm
 
-    bar = tqdm(desc=description, unit="step", disable=None)
+    timed = budget_s is not None
+    bar = tqdm(desc=description, unit="s" if timed else "step", total=round(budget_s) if timed else None, disable=None,
+               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]" if timed else None)
+    start = last_line = time.perf_counter()
     try:
         while True:
             try:
@@ -76,12 +92,20 @@ def run_with_tqdm(gen: Iterator[Any], description: str = "", on_value: Callable[
             except StopIteration as stop:
                 return stop.value
             if isinstance(item, Progress):
-                if item.total is not None and bar.total != item.total:
-                    bar.total = item.total
-                bar.n = item.done
+                now = time.perf_counter()
+                if timed:
+                    bar.n = min(now - start, bar.total)
+                else:
+                    if item.total is not None and bar.total != item.total:
+                        bar.total = item.total
+                    bar.n = item.done
                 if item.message:
                     bar.set_postfix_str(item.message, refresh=False)
                 bar.refresh()
+                if bar.disable and now - last_line >= LOG_EVERY_S:
+                    last_line = now
+                    done = f"{now - start:.0f} of {budget_s:.0f} s" if timed else f"{item.done}" + ("" if item.total is None else f"/{item.total}")
+                    print(f"{description}: {done}{': ' + item.message if item.message else ''}", file=sys.stderr, flush=True)
             elif on_value is not None:
                 on_value(item)
     finally:

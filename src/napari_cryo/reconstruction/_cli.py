@@ -70,6 +70,20 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     add_device_arg(parser)
 
 
+def report_step(item) -> None:
+    """One line per epoch, round or map of a run (above the bar on a terminal; the log's record of the run)."""
+    from tqdm import tqdm
+
+    if isinstance(item, dict) and "phase" in item:
+        change = item.get("pose_change_deg")
+        moved = "" if change is None or change != change else f", poses moved {change:.2f}° (median)"
+        loss = item.get("loss")
+        loss_text = "" if loss is None or loss != loss else f", loss {loss:.4g}"
+        tqdm.write(f"{item.get('elapsed_s', 0):.0f} s: {item['phase']}, epoch {item.get('epoch', '')}{loss_text}{moved}", file=sys.stderr)
+    elif getattr(item, "path", None) is not None and hasattr(item, "label"):
+        tqdm.write(f"map ({item.label}): {item.path}", file=sys.stderr)
+
+
 def main(args: argparse.Namespace) -> int:
     """Run a reconstruction."""
     from ..device import describe_device, resolve_device
@@ -104,7 +118,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"{len(data)} particles, box {data.box} at {data.pixel_size:.3g} Å; {settings.method} on {describe_device(device)}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     with _checkpoint_warnings_as_lines():
-        result = run_with_tqdm(run_to_folder(data, settings, out, resume=args.resume, device=device, overwrite=args.overwrite), "reconstruct")
+        result = run_with_tqdm(run_to_folder(data, settings, out, resume=args.resume, device=device, overwrite=args.overwrite), "reconstruct",
+                               report_step, budget_s=settings.max_minutes * 60)
     px = result.pixel_size
     coverage = result.coverage
     if coverage.warning():
