@@ -115,3 +115,27 @@ def test_paint_slices_paints_whole_slices_of_the_features_only():
     assert len(zs) == 3 and zs.min() >= 7 and zs.max() <= 12
     assert set(np.unique(painted)) == {0, 1}
     assert (painted[zs] == (labels[zs] == 1)).all()
+
+
+def test_interactive_demo_leaves_every_sample_and_widget_with_the_results(monkeypatch):
+    """With a display: one viewer holds every sample and every widget, the chosen workflow's result filled in,
+    and is handed to napari's event loop (replaced here so the test returns)."""
+    if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
+        pytest.skip("needs a display (run under xvfb-run)")
+    import napari
+
+    from napari_cryo.cli.demo import run_interactive
+
+    handed = []
+    monkeypatch.setattr(napari, "run", lambda *a, **k: handed.append(napari.current_viewer()))
+    run_interactive(["picking"], quick=True)
+    viewer = handed[0]
+    try:
+        names = [layer.name for layer in viewer.layers]
+        assert any("picks" in n for n in names), names  # the picking workflow's result
+        for sample in ("atlas", "tomogram"):  # the other samples, ready to work on
+            assert any(n.startswith(sample) for n in names), names
+        docks = [n for n in viewer.window._dock_widgets if "napari-cryo" in n]
+        assert len(docks) == len(WORKFLOWS), docks
+    finally:
+        viewer.close()
