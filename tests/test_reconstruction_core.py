@@ -257,7 +257,7 @@ def test_reconstruct_warns_when_the_views_collapse(dataset, tmp_path, capsys, mo
     from napari_cryo.reconstruction.backproject import reconstruct_halves
     from napari_cryo.reconstruction.run import ReconstructionResult
 
-    def collapsed(data, settings, out, resume=False, device="cpu", stop=None, pause=None):
+    def collapsed(data, settings, out, resume=False, device="cpu", stop=None, pause=None, ranks=None):
         n = len(data)
         rot = euler_to_matrix(np.column_stack([np.zeros(n), np.linspace(0, 20, n), np.linspace(0, 360, n)]))
         shifts = np.zeros((n, 2))

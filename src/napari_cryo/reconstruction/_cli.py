@@ -85,12 +85,24 @@ def report_step(item) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run a reconstruction."""
-    from ..device import describe_device, resolve_device
-    from ..tasks import run_with_tqdm
-    from .controller import check_run, run_to_folder
-    from .data import ParticleData
-    from .run import RunFolder
+    """Run a reconstruction, alone or as one of the ranks ``torchrun`` started."""
+    from .ranks import is_quiet_rank, start_ranks, stop_ranks
+
+    try:
+        out, settings, device = _settings(args)
+    except CryoInputError:
+        if is_quiet_rank():  # every rank found the same problem: rank 0 reports it
+            raise SystemExit(2) from None
+        raise
+    ranks, device = start_ranks(device)
+    code = _run(args, out, settings, device, ranks)
+    stop_ranks(ranks)
+    return code
+
+
+def _settings(args: argparse.Namespace):
+    """The output folder, settings and device of the command line, checked."""
+    from ..device import resolve_device
     from .settings import ReconstructionSettings
 
     out = Path(args.out)
@@ -103,23 +115,44 @@ def main(args: argparse.Namespace) -> int:
         unsettled_degrees=args.unsettled_degrees,
         checkpoint_minutes=args.checkpoint_minutes, map_minutes=args.map_minutes, first_map_batches=args.first_map_batches,
     )
+    return out, settings, resolve_device(args.device)
+
+
+def _run(args: argparse.Namespace, out: Path, settings, device, ranks) -> int:
+    """Check every input (on every rank), then run; rank 0 alone reports and writes."""
+    from ..device import describe_device
+    from ..tasks import drain, run_with_tqdm
+    from .controller import check_run, run_to_folder
+    from .data import ParticleData
+    from .run import RunFolder
+
     folder = RunFolder(out, create=False)
-    # The folder first (cheap and the likeliest clash), then every input, and only then is anything deleted or written.
-    if not args.overwrite:
-        folder.prepare(resume=args.resume)
-    data = ParticleData(args.particles, box=args.box, invert=args.invert, phase_flip=args.phase_flip)
-    check_run(data, settings)
-    device = resolve_device(args.device)
+    problem = None
+    try:
+        # The folder first (cheap and the likeliest clash), then every input, and only then is anything deleted or written.
+        if ranks.root and not args.overwrite:
+            folder.prepare(resume=args.resume)
+        data = ParticleData(args.particles, box=args.box, invert=args.invert, phase_flip=args.phase_flip)
+        check_run(data, settings)
+    except CryoInputError as exc:
+        problem = exc
+    ranks.raise_together(problem)
+    gen = run_to_folder(data, settings, out, resume=args.resume, device=device, overwrite=args.overwrite, ranks=ranks)
+    if not ranks.root:
+        drain(gen)
+        return 0
     for warning in data.warnings:
         print(f"napari-cryo reconstruct: warning: {warning}", file=sys.stderr)
     removed = folder.prepare(overwrite=args.overwrite, resume=args.resume)
     if removed:
         print(f"napari-cryo reconstruct: deleted the earlier run's {len(removed)} files in {out} (--overwrite)", file=sys.stderr)
-    print(f"{len(data)} particles, box {data.box} at {data.pixel_size:.3g} Å; {settings.method} on {describe_device(device)}", file=sys.stderr)
+    shared = (f"; {ranks.size} ranks share the particles (about {-(-len(data) // ranks.size)} each, each reads only its own)"
+              if ranks.shared else "")
+    print(f"{len(data)} particles, box {data.box} at {data.pixel_size:.3g} Å; {settings.method} on {describe_device(device)}{shared}",
+          file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     with _checkpoint_warnings_as_lines():
-        result = run_with_tqdm(run_to_folder(data, settings, out, resume=args.resume, device=device, overwrite=args.overwrite), "reconstruct",
-                               report_step, budget_s=settings.max_minutes * 60)
+        result = run_with_tqdm(gen, "reconstruct", report_step, budget_s=settings.max_minutes * 60)
     px = result.pixel_size
     coverage = result.coverage
     if coverage.warning():

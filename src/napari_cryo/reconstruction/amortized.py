@@ -10,6 +10,7 @@ per-particle phase.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator
 from pathlib import Path
 
@@ -49,27 +50,40 @@ def amortized_step(run: EncoderRun, images: torch.Tensor, target: torch.Tensor, 
                    radius: float, checkpoint: Path | None) -> tuple[float, torch.Tensor]:
     """One optimiser step of the encoder and the decoder on a batch; the best head's poses become the particles'.
 
-    Returns the batch's loss and each particle's pose change (degrees).
+    Returns the batch's loss and each particle's pose change (degrees).  With
+    several ranks the batch is this rank's share of one step: the gradients
+    are averaged over every rank's images before the step (a rank whose share
+    is empty still takes part), so the networks stay the same on every rank.
     """
-    # Batch norm needs two images to standardise over; a lone last image uses the running statistics.
-    run.encoder.train(len(images) > 1)
-    rotations, shifts = run.encoder(images)
-    err, flip = head_errors(run, target, rotations, shifts, ctf, radius)
-    best, which = err.min(dim=1)
-    loss = best.mean()
-    with torch.no_grad():
-        rows = torch.arange(len(idx), device=which.device)
-        chosen, origin = unflip(rotations[rows, which].detach().cpu(), shifts.detach().cpu(), flip[rows, which].cpu())
-        change = angle_between(chosen, rotation_from_6d(run.rot6d[idx]))
-        run.rot6d[idx] = rotation_to_6d(chosen)
-        run.shifts[idx] = origin * run.to_full
-    run.check_finite(loss, checkpoint)
+    ranks = run.ranks
     run.opt_encoder.zero_grad(set_to_none=True)
     run.opt_decoder.zero_grad(set_to_none=True)
-    loss.backward()
+    if len(idx) == 0:
+        ranks.any(False)  # the others' check of the loss
+        change = torch.zeros(0)
+        value = float("nan")
+    else:
+        # Batch norm needs two images to standardise over; a lone last image uses the running statistics.
+        run.encoder.train(len(images) > 1)
+        rotations, shifts = run.encoder(images)
+        err, flip = head_errors(run, target, rotations, shifts, ctf, radius)
+        best, which = err.min(dim=1)
+        loss = best.mean()
+        with torch.no_grad():
+            rows = torch.arange(len(idx), device=which.device)
+            chosen, origin = unflip(rotations[rows, which].detach().cpu(), shifts.detach().cpu(), flip[rows, which].cpu())
+            change = angle_between(chosen, rotation_from_6d(run.rot6d[idx]))
+            run.rot6d[idx] = rotation_to_6d(chosen)
+            run.shifts[idx] = origin * run.to_full
+        value = float(loss.detach())
+        # Every rank stops together when any rank's loss is not finite (the last good checkpoint stays).
+        if ranks.any(not math.isfinite(value)):
+            run.check_finite(torch.tensor(value if not math.isfinite(value) else math.nan), checkpoint)
+        loss.backward()
+    ranks.average_gradients([*run.encoder.parameters(), *run.decoder.parameters()], len(idx))
     run.opt_encoder.step()
     run.opt_decoder.step()
-    return float(loss.detach()), change
+    return value, change
 
 
 @torch.no_grad()
@@ -84,9 +98,11 @@ def initialise_poses(run: EncoderRun, device) -> Generator[Progress, None, None]
     """
     run.encoder.eval()
     data = run.data
-    n = len(data)
+    n = len(run.own)
     done = 0
-    for batch in data.batches(256, shuffle=False):
+    for batch in run.batches(256, shuffle=False):
+        if len(batch.indices) == 0:
+            continue
         images = batch.images.to(device)
         target = torch.fft.rfft2(images)
         ctf = batch_ctf(data, batch, run.box, device)
@@ -100,5 +116,6 @@ def initialise_poses(run: EncoderRun, device) -> Generator[Progress, None, None]
         run.shifts[idx] = origin * run.to_full
         done += len(idx)
         yield Progress(done, n, "initialising poses")
+    run.sync_poses()
     run.use_working_box()
     run.use_half_volumes((yield from half_volumes_from_poses(run, run.shared_band)), run.shared_band)

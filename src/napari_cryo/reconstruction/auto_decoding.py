@@ -113,7 +113,8 @@ def global_round(run: EncoderRun, device) -> Generator[Progress, None, dict[str,
     before, held = rotation_from_6d(run.rot6d).numpy(), run.shifts.numpy()
     # search_round pairs data.half_sets(seed) with the maps in order: the same split as run.half_of.
     maps = [h.cpu().numpy() for h in run.halves]
-    rot, shifts, _ = yield from search_round(run.data, maps, before, held, radius, refine, local=False, seed=run.s.seed, device=device)
+    rot, shifts, _ = yield from search_round(run.data, maps, before, held, radius, refine, local=False, seed=run.s.seed, device=device,
+                                             ranks=run.ranks)
     moved = np.any(rot != before, axis=(1, 2)) | np.any(shifts != held, axis=1)
     change = yield from take_searched_poses(run, rot, shifts, moved, radius, run.half_band)
     return {"epoch": run.epoch, "phase": "global search", "loss": float("nan"), "pose_change_deg": float(np.median(change)),
@@ -124,6 +125,7 @@ def logged_global_round(run: EncoderRun, folder: RunFolder, control: RunControl,
     """A :func:`global_round`, recorded in the run's history and ``progress.csv``; returns its record."""
     yield Progress(0, None, f"global pose search {len(run.global_radii) + 1} of {run.s.global_rounds}")
     record = yield from global_round(run, device)
+    control.tick()
     record["elapsed_s"] = round(control.clock(), 1)
     run.elapsed = control.clock()
     return folder.log(run.history, record)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..tasks import Progress
+from .ranks import Ranks
 
 
 @dataclass
@@ -49,12 +50,13 @@ def _radial(values: torch.Tensor, shells: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def accumulate(data, rows: np.ndarray, rotations: np.ndarray, shifts: np.ndarray, batch_size: int = 256,
-               fftfreq_max: float | None = None) -> Generator[Progress, None, tuple[torch.Tensor, torch.Tensor]]:
+               fftfreq_max: float | None = None, ranks: Ranks | None = None) -> Generator[Progress, None, tuple[torch.Tensor, torch.Tensor]]:
     """Back-project one half-set: (Σ CTF·conj(P)·Y, Σ CTF²) on a full, unshifted 3D FFT grid.
 
     With ``fftfreq_max`` (cycles/pixel) only the frequencies up to it are
     inserted: the cost falls with the band's area, and the voxels more than
-    about one voxel below it are exact.
+    about one voxel below it are exact.  With ``ranks``, ``rows`` are this
+    rank's particles of the half-set, and the sums are all-reduced.
     """
     from .physics import ctf_2d, insert_slices, insert_weights, shift_images
 
@@ -79,6 +81,9 @@ def accumulate(data, rows: np.ndarray, rotations: np.ndarray, shifts: np.ndarray
         numerator += num
         weights += insert_weights(ctf2, rot, box, fftfreq_max)
         yield Progress(min(start + batch_size, len(rows)), len(rows), "back-projecting")
+    if ranks is not None and ranks.shared:
+        ranks.sum_(numerator)
+        ranks.sum_(weights)
     return numerator, weights
 
 
@@ -115,6 +120,7 @@ def reconstruct_halves(
     shifts: np.ndarray,
     seed: int = 0,
     batch_size: int = 256,
+    ranks: Ranks | None = None,
 ) -> Generator[Progress, None, HalfMaps]:
     """Gold-standard reconstruction from poses: two half maps, their FSC, the final map.
 
@@ -128,6 +134,9 @@ def reconstruct_halves(
         (N, 2) origins in pixels (x, y).
     seed : int
         Random split into halves.
+    ranks : Ranks, optional
+        The processes sharing the particles: each back-projects its own, and
+        every rank gets the same half maps.
 
     Yields
     ------
@@ -142,8 +151,9 @@ def reconstruct_halves(
     box = data.box or data.original_box
     half_a, half_b = data.half_sets(seed)
     sums = []
+    ranks = ranks or Ranks.single()
     for rows in (half_a, half_b):
-        sums.append((yield from accumulate(data, np.sort(rows), rotations, shifts, batch_size)))
+        sums.append((yield from accumulate(data, ranks.own(np.sort(rows)), rotations, shifts, batch_size, ranks=ranks)))
     shells = _shell_index(box)
     n_shells = int(shells.max()) + 1
     mean_w = [_radial(w, shells, n_shells) for _, w in sums]

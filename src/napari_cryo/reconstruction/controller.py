@@ -36,6 +36,7 @@ from .outputs import (
     write_result,
     write_result_poses,
 )
+from .ranks import Ranks
 from .reconstruct import reconstruct
 from .run import CHECKPOINT, MapUpdate, ReconstructionResult, RunFolder
 from .settings import ReconstructionSettings
@@ -90,19 +91,22 @@ def run_files(out: str | os.PathLike) -> list[Path]:
 
 def run_to_folder(data: ParticleData, settings: ReconstructionSettings, out: str | os.PathLike, resume: bool = False,
                   device: torch.device | str = "cpu", stop=None, pause=None,
-                  overwrite: bool = False) -> Generator[Any, None, ReconstructionResult | None]:
+                  overwrite: bool = False, ranks: Ranks | None = None) -> Generator[Any, None, ReconstructionResult | None]:
     """Run a reconstruction into ``out`` and write the finished run's maps, ``poses.star`` and plots there.
 
     A generator with the values of :func:`~.reconstruct.reconstruct`; returns
     its result (None when paused, and then nothing more is written).  Before
     anything is written the folder goes through the output-folder policy
     (:meth:`~.run.RunFolder.prepare`): an earlier run's files stop the run
-    unless it resumes that run or ``overwrite`` deletes them.
+    unless it resumes that run or ``overwrite`` deletes them.  Shared by
+    several ranks (``ranks``), rank 0 alone applies the policy and writes.
     """
+    ranks = ranks or Ranks.single()
     check_run(data, settings)
-    RunFolder(out, create=False).prepare(overwrite=overwrite, resume=resume)
-    result = yield from reconstruct(data, settings, out, resume=resume, device=device, stop=stop, pause=pause)
-    if result is not None:
+    if ranks.root:
+        RunFolder(out, create=False).prepare(overwrite=overwrite, resume=resume)
+    result = yield from reconstruct(data, settings, out, resume=resume, device=device, stop=stop, pause=pause, ranks=ranks)
+    if result is not None and ranks.root:
         yield Progress(0, None, "writing the maps, poses and plots")
         write_result(out, data.table, result, settings.method)
     return result

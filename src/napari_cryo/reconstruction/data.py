@@ -669,8 +669,9 @@ class ParticleData:
         ctf = None if self.ctf is None else {k: torch.from_numpy(v[indices]) for k, v in self.ctf.items()}
         return ParticleBatch(indices=indices, images=images, ctf=ctf)
 
-    def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0) -> Iterator[ParticleBatch]:
-        """One epoch over every particle, ``batch_size`` at a time (the last batch may be smaller).
+    def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0, rows: np.ndarray | None = None,
+                count: int | None = None) -> Iterator[ParticleBatch]:
+        """One epoch over every particle (or ``rows``), ``batch_size`` at a time (the last batch may be smaller).
 
         Parameters
         ----------
@@ -681,6 +682,11 @@ class ParticleData:
             ``seed`` and ``epoch``; else in order.
         seed, epoch : int
             Choose the order.
+        rows : numpy.ndarray, optional
+            Only these particles (a rank's share of a run shared by several processes).
+        count : int, optional
+            Exactly this many batches of near-equal size instead (some may be
+            empty), so that ranks with shares of different sizes stay in step.
 
         Yields
         ------
@@ -688,9 +694,11 @@ class ParticleData:
         """
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
-        order = np.random.default_rng([seed, epoch]).permutation(self.n) if shuffle else np.arange(self.n)
-        for start in range(0, self.n, batch_size):
-            yield self.batch(order[start : start + batch_size])
+        rows = np.arange(self.n) if rows is None else np.asarray(rows, dtype=np.int64)
+        order = rows[np.random.default_rng([seed, epoch]).permutation(len(rows))] if shuffle else rows
+        parts = np.array_split(order, count) if count is not None else [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        for part in parts:
+            yield self.batch(part)
 
     def half_sets(self, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Split the particles into two random halves for the gold-standard FSC.

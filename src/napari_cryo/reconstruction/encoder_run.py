@@ -23,6 +23,7 @@ from .fsc import uniform_rotations
 from .models import FourierNet, PoseEncoder, VoxelVolume, rotation_from_6d
 from .particle_adam import ParticleAdam
 from .physics import central_slices, ctf_2d, shift_images, volume_to_fourier
+from .ranks import Ranks
 from .run import check_finite, run_key
 from .settings import ReconstructionSettings
 
@@ -119,11 +120,16 @@ class EncoderRun:
         The particles at the working box.
     settings : ReconstructionSettings
     device : torch.device
+    ranks : Ranks, optional
+        The processes sharing the particles (:mod:`.ranks`): this one steps
+        the poses of its own share, and :meth:`sync_poses` gathers them all.
     """
 
-    def __init__(self, data, settings: ReconstructionSettings, device: torch.device) -> None:
+    def __init__(self, data, settings: ReconstructionSettings, device: torch.device, ranks: Ranks | None = None) -> None:
         self.s, self.device = settings, device
+        self.ranks = ranks or Ranks.single()
         self.full = data
+        self.own = self.ranks.own(np.arange(len(data)))  # this rank's particles
         self.full_box = data.box or data.original_box
         small = amortized_box(self.full_box, settings.shared_radius, settings.amortized_box)
         # The amortized phase runs on Fourier-cropped images; per-particle poses on the working box.
@@ -185,13 +191,30 @@ class EncoderRun:
         """Leave the amortized box for the working box (the encoder is done with)."""
         self._use(self.full)
 
+    # -- the particles' shares
+    def sync_poses(self) -> None:
+        """Every particle's pose and origin from the rank that steps it (a collective; nothing to do alone)."""
+        self.rot6d = self.ranks.gather_rows(self.rot6d)
+        self.shifts = self.ranks.gather_rows(self.shifts)
+
+    def batches(self, batch_size: int, shuffle: bool = True, epoch: int = 0):
+        """This rank's particles, ``batch_size`` at a time; with several ranks, the same number of batches on each."""
+        if not self.ranks.shared:
+            return self.data.batches(batch_size, shuffle=shuffle, seed=self.s.seed, epoch=epoch)
+        steps = self.ranks.steps(len(self.full), batch_size)
+        return self.data.batches(batch_size, shuffle=shuffle, seed=self.s.seed, epoch=epoch, rows=self.own, count=steps)
+
     # -- checkpoints
     def state(self) -> dict[str, Any]:
-        """Everything a checkpoint keeps."""
+        """Everything a checkpoint keeps (with several ranks, a collective that gathers every particle's state)."""
+        self.sync_poses()
+        adam = self.pose_adam.state_dict()
+        if self.ranks.shared:
+            adam = {k: self.ranks.gather_rows(v) for k, v in adam.items()}
         return {
             "key": self.key, "encoder": self.encoder.state_dict(), "decoder": self.decoder.state_dict(),
             "opt_encoder": self.opt_encoder.state_dict(), "opt_decoder": self.opt_decoder.state_dict(),
-            "rot6d": self.rot6d, "shifts": self.shifts, "pose_adam": self.pose_adam.state_dict(), "phase": self.phase, "epoch": self.epoch, "switched_at": self.switched_at,
+            "rot6d": self.rot6d, "shifts": self.shifts, "pose_adam": adam, "phase": self.phase, "epoch": self.epoch, "switched_at": self.switched_at,
             "global_radii": self.global_radii, "elapsed": self.elapsed, "history": self.history, "maps": self.maps_written,
             "halves": None if self.halves is None else [h.cpu() for h in self.halves], "half_band": self.half_band,
         }
@@ -303,6 +326,7 @@ def half_volumes_from_poses(run: EncoderRun, band: float) -> Generator[Progress,
     the poses, in one pass: a far better start for per-particle pose
     refinement than voxels fitted by gradient steps while the poses moved.
     Each half uses its own particles only, so the half-sets stay independent.
+    Each rank back-projects its own particles, and the sums are all-reduced.
     """
     rotations = rotation_from_6d(run.rot6d).numpy()
     # Only what the low-pass keeps, plus the two voxels trilinear insertion reaches:
@@ -311,7 +335,8 @@ def half_volumes_from_poses(run: EncoderRun, band: float) -> Generator[Progress,
     volumes = []
     for h in (0, 1):
         rows = torch.nonzero(run.half_of == h).flatten().numpy()
-        numerator, weights = yield from accumulate(run.data, rows, rotations, run.shifts.numpy(), fftfreq_max=inserted)
+        numerator, weights = yield from accumulate(run.data, run.ranks.own(rows), rotations, run.shifts.numpy(), fftfreq_max=inserted,
+                                                   ranks=run.ranks)
         volume = wiener(numerator, weights, 0.05 * mean_weight(run.data, rows))
         volumes.append(low_pass(volume, band))
     return volumes

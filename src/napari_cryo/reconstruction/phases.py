@@ -54,13 +54,13 @@ def run_encoder_method(data, settings: ReconstructionSettings, folder: RunFolder
     paused and when the generator is closed or fails (not after a loss that
     is not finite: the last good checkpoint stays).
     """
-    run = EncoderRun(data, settings, device)
+    run = EncoderRun(data, settings, device, control.ranks)
     state = folder.start_or_resume(run.key, resume, device)
     if state is not None:
         run.load(state)
         yield Progress(0, None, f"resumed: {run.phase}, epoch {run.epoch}, {run.elapsed / 60:.1f} min done")
     control.restart(run.elapsed)
-    checkpoints, maps = Every(settings.checkpoint_minutes), Every(settings.map_minutes)
+    checkpoints, maps = Every(settings.checkpoint_minutes, control.clock), Every(settings.map_minutes, control.clock)
     try:
         while run.phase != "done" and not control.halted():
             losses, changes = yield from _epoch(run, folder, control, checkpoints, maps)
@@ -79,16 +79,18 @@ def run_encoder_method(data, settings: ReconstructionSettings, folder: RunFolder
         # Cancelled (the generator closed) or failed: keep what was learnt so that resume continues from here,
         # unless writing the checkpoint is what failed (a full disk): trying again would only fail again.
         checkpoint_failed = folder.checkpoint is not None and getattr(exc, "path", None) == str(folder.checkpoint)
-        if run.phase != "done" and run.epoch > 0 and not checkpoint_failed:
+        # Shared by several ranks, the state would have to be gathered from ranks that may be gone: the last periodic checkpoint stays.
+        if run.phase != "done" and run.epoch > 0 and not checkpoint_failed and not run.ranks.shared:
             folder.save_last(run.state())
         raise
     if control.paused():
         return None
 
     yield Progress(0, None, "direct reconstruction from the estimated poses")
+    run.sync_poses()
     rotations = rotation_from_6d(run.rot6d).numpy()
     shifts = run.shifts.numpy()
-    result = yield from reconstruct_halves(data, rotations, shifts, seed=settings.seed)
+    result = yield from reconstruct_halves(data, rotations, shifts, seed=settings.seed, ranks=run.ranks)
     return ReconstructionResult(
         volume=result.volume, half1=result.half1, half2=result.half2, pixel_size=data.pixel_size,
         rotations=rotations, shifts=shifts, fsc=result.fsc, resolution=result.resolution, history=run.history,
@@ -96,30 +98,42 @@ def run_encoder_method(data, settings: ReconstructionSettings, folder: RunFolder
 
 
 def _epoch(run: EncoderRun, folder: RunFolder, control: RunControl, checkpoints: Every,
-           maps: Every) -> Generator[Value, None, tuple[list[float], list[torch.Tensor]]]:
-    """One pass over the particles in the current phase (until halted); returns the batch losses and pose changes."""
+           maps: Every) -> Generator[Value, None, tuple[list[tuple[float, int]], list[tuple[torch.Tensor, torch.Tensor]]]]:
+    """One pass over this rank's particles in the current phase (until halted).
+
+    Returns each batch's loss and size, and each batch's particles and pose changes.
+    Shared by several ranks, the amortized phase's batch is split between them
+    (one optimiser step averages all their gradients), so that an epoch takes
+    the same steps as in one process, in about 1/K of the time.
+    """
     s = run.s
-    step = amortized_step if run.phase == "amortized" else pose_step
-    size = s.batch_size if run.phase == "amortized" else s.pose_batch_size
-    total_done = run.epoch * math.ceil(len(run.full) / size)
-    losses: list[float] = []
-    changes: list[torch.Tensor] = []
-    for i, batch in enumerate(run.data.batches(size, shuffle=True, seed=s.seed, epoch=run.epoch)):
+    amortized = run.phase == "amortized"
+    step = amortized_step if amortized else pose_step
+    size = s.batch_size if amortized else s.pose_batch_size
+    local_size = -(-size // run.ranks.size) if amortized else size
+    total_done = run.epoch * run.ranks.steps(len(run.full), local_size)
+    losses: list[tuple[float, int]] = []
+    changes: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for i, batch in enumerate(run.batches(local_size, shuffle=True, epoch=run.epoch)):
         radius = compared_band(run, control.clock(), control.budget)
-        images = batch.images.to(run.device)
-        target = torch.fft.rfft2(images)
-        ctf = batch_ctf(run.data, batch, run.box, run.device)
-        loss, change = step(run, images, target, ctf, torch.as_tensor(batch.indices), radius, folder.checkpoint)
-        losses.append(loss)
-        changes.append(change)
+        idx = torch.as_tensor(batch.indices)
+        if len(idx) or amortized:  # an empty share still joins the amortized step's all-reduce
+            images = batch.images.to(run.device)
+            target = torch.fft.rfft2(images)
+            ctf = batch_ctf(run.data, batch, run.box, run.device) if len(idx) else None
+            loss, change = step(run, images, target, ctf, idx, radius, folder.checkpoint)
+            if len(idx):
+                losses.append((loss, len(idx)))
+                changes.append((idx, change))
         run.elapsed = control.clock()
-        yield Progress(total_done + i + 1, None, f"{run.phase} epoch {run.epoch + 1} loss {np.mean(losses):.4g}")
+        shown = sum(l * n for l, n in losses) / max(1, sum(n for _, n in losses))
+        yield Progress(total_done + i + 1, None, f"{run.phase} epoch {run.epoch + 1} loss {shown:.4g}")
         if checkpoints.due():
             folder.save(run.state())
             checkpoints.reset()
         if maps.due():
             update = _map_update(run, folder, control, f"{run.phase} epoch {run.epoch + 1}")
-            folder.write_progress({"elapsed_s": round(control.clock(), 1), "phase": run.phase, "epoch": run.epoch + 1, "loss": loss,
+            folder.write_progress({"elapsed_s": round(control.clock(), 1), "phase": run.phase, "epoch": run.epoch + 1, "loss": shown,
                                    "map": update.path.name if update.path else ""})
             maps.reset()
             yield update
@@ -128,13 +142,29 @@ def _epoch(run: EncoderRun, folder: RunFolder, control: RunControl, checkpoints:
     return losses, changes
 
 
-def _end_epoch(run: EncoderRun, losses: list[float], changes: list[torch.Tensor], folder: RunFolder,
+def _end_epoch(run: EncoderRun, losses: list[tuple[float, int]], changes: list[tuple[torch.Tensor, torch.Tensor]], folder: RunFolder,
                control: RunControl) -> dict[str, Any]:
-    """The epoch's record (mean loss, median pose change), kept in the history and ``progress.csv``."""
+    """The epoch's record (mean loss, median pose change over every rank's particles), kept in the history and ``progress.csv``.
+
+    With several ranks, the poses are gathered and rank 0's batch-norm
+    statistics shared, so that every rank holds the same run and takes the same decisions.
+    """
     run.epoch += 1
-    change = float(torch.cat(changes).median()) if changes else float("nan")
-    record = {"epoch": run.epoch, "phase": run.phase, "loss": float(np.mean(losses)) if losses else float("nan"),
-              "pose_change_deg": change, "elapsed_s": round(control.clock(), 1)}
+    ranks = run.ranks
+    loss = ranks.mean(sum(l * n for l, n in losses), sum(n for _, n in losses)) if ranks.shared else (
+        float(np.mean([l for l, _ in losses])) if losses else float("nan"))
+    if ranks.shared:
+        moved = torch.full((len(run.full),), float("nan"))
+        for idx, change in changes:
+            moved[idx] = change.float()
+        moved = ranks.gather_rows(torch.nan_to_num(moved, nan=-1.0))
+        moved = moved[moved >= 0]  # particles not visited (the epoch was cut short) are left out
+        change = float(moved.median()) if len(moved) else float("nan")
+        run.sync_poses()
+        ranks.broadcast_buffers(run.encoder)
+    else:
+        change = float(torch.cat([c for _, c in changes]).median()) if changes else float("nan")
+    record = {"epoch": run.epoch, "phase": run.phase, "loss": loss, "pose_change_deg": change, "elapsed_s": round(control.clock(), 1)}
     return folder.log(run.history, record)
 
 
@@ -143,6 +173,7 @@ def _map_update(run: EncoderRun, folder: RunFolder, control: RunControl, label: 
     from .physics import fourier_crop_volume
 
     # Every map at the working box, so the viewer's layer and the files keep one size and pixel size.
+    run.sync_poses()
     volume = fourier_crop_volume(run.current_volume().cpu(), run.full_box).numpy()
     path = folder.write_map(run.maps_written, volume, run.full.pixel_size)
     return MapUpdate(volume, run.full.pixel_size, label, path, rotation_from_6d(run.rot6d).numpy(), control.clock())
@@ -227,7 +258,7 @@ def poses_from_first_map(run: EncoderRun, folder: RunFolder, control: RunControl
     changed nothing, when stopped or paused during the map.
     """
     data, device = run.full, run.device
-    volume = yield from first_map(data, run.s.first_map_batches, run.s.seed, control.halted, device)
+    volume = yield from first_map(data, run.s.first_map_batches, run.s.seed, control.halted, device, run.ranks)
     if control.halted() and not control.out_of_time():  # stopped or paused by the user: stay amortized
         return False
     run.use_working_box()
@@ -238,8 +269,10 @@ def poses_from_first_map(run: EncoderRun, folder: RunFolder, control: RunControl
     refine = RefineSettings(max_shift=run.s.max_shift * run.box)
     radius = first_radius(run.box, refine)
     yield Progress(0, None, "global pose search against the first map")
-    rot, shifts, _ = yield from search_round(data, [volume], None, None, radius, refine, local=False, seed=run.s.seed, device=device)
+    rot, shifts, _ = yield from search_round(data, [volume], None, None, radius, refine, local=False, seed=run.s.seed, device=device,
+                                             ranks=run.ranks)
     change = yield from take_searched_poses(run, rot, shifts, np.ones(len(data), dtype=bool), radius, run.shared_band)
+    control.tick()
     yield folder.log(run.history, {"epoch": run.epoch, "phase": "global search", "loss": float("nan"), "pose_change_deg": float(np.median(change)),
                                    "moved_fraction": 1.0, "band_px": round(radius, 2), "elapsed_s": round(control.clock(), 1)})
     return True

@@ -16,6 +16,7 @@ import torch
 from ..tasks import Progress
 from .encoder_run import amortized_box
 from .phases import run_encoder_method
+from .ranks import Ranks
 from .refine import run_search
 from .run import (
     CHECKPOINT,
@@ -39,6 +40,7 @@ def reconstruct(
     device: torch.device | str = "cpu",
     stop: Callable[[], bool] | None = None,
     pause: Callable[[], bool] | None = None,
+    ranks: Ranks | None = None,
 ) -> Generator[Progress | dict | MapUpdate, None, ReconstructionResult | None]:
     """Reconstruct a map and poses ab initio from a :class:`~.data.ParticleData`.
 
@@ -61,6 +63,10 @@ def reconstruct(
         Polled every step; when it returns True, a checkpoint is written and
         the run returns ``None`` (the widget's Pause; resume continues it).
         Closing the generator also keeps a checkpoint.
+    ranks : Ranks, optional
+        The processes sharing the particles under ``torchrun`` (:mod:`.ranks`):
+        every rank runs this with its own ``device``; rank 0 alone writes
+        ``out_dir``, and every rank returns the same result.
 
     Yields
     ------
@@ -73,8 +79,9 @@ def reconstruct(
     """
     settings = settings or ReconstructionSettings()
     device = torch.device(device)
-    folder = RunFolder(out_dir)
-    control = RunControl(settings.max_minutes, stop=stop, pause=pause)
+    ranks = ranks or Ranks.single()
+    folder = RunFolder(out_dir, writes=ranks.root)
+    control = RunControl(settings.max_minutes, stop=stop, pause=pause, ranks=ranks)
     if settings.method == "search":
         return (yield from run_search(data, settings, folder, control, resume, device))
     return (yield from run_encoder_method(data, settings, folder, control, resume, device))

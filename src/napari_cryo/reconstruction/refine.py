@@ -21,6 +21,7 @@ from ..errors import CryoInputError
 from ..tasks import Progress
 from .backproject import HalfMaps, reconstruct_halves
 from .physics import fourier_crop_volume
+from .ranks import Ranks
 from .poses import rotation_angles
 from .run import MapUpdate, ReconstructionResult, RunControl, RunFolder, run_key
 from .search import SearchSettings, global_search
@@ -76,11 +77,12 @@ def first_radius(box: int, settings: RefineSettings) -> float:
     return min(settings.start_radius, settings.start_band * box)
 
 
-def first_map(data, batches: int, seed: int, stop, device) -> Generator[Progress, None, np.ndarray]:
+def first_map(data, batches: int, seed: int, stop, device, ranks: Ranks | None = None) -> Generator[Progress, None, np.ndarray]:
     """The stochastic first map (:func:`~.stochastic.stochastic_map` at its small box), at the data's box."""
     box = data.box or data.original_box
     small = data.at_box(min(box, StochasticSettings.box))
-    volume, _ = yield from stochastic_map(small, StochasticSettings(box=small.box, batches=batches), seed=seed, stop=stop, device=device)
+    volume, _ = yield from stochastic_map(small, StochasticSettings(box=small.box, batches=batches), seed=seed, stop=stop, device=device,
+                                          ranks=ranks)
     return fourier_crop_volume(volume, box).numpy() if small.box != box else volume
 
 
@@ -97,14 +99,16 @@ def next_radius(halves: HalfMaps, pixel_size: float, box: int, radius: float, li
 
 
 def search_round(data, maps: list[np.ndarray], rotations: np.ndarray | None, shifts: np.ndarray | None,
-                 radius: float, settings: RefineSettings, local: bool, seed: int = 0, device="cpu"):
+                 radius: float, settings: RefineSettings, local: bool, seed: int = 0, device="cpu", ranks: Ranks | None = None):
     """One round of pose search (a generator of Progress returning rotations, shifts, mean error).
 
     ``maps``: one map for every particle, or the two half maps, each for
     its own half-set.  Global rounds search the whole grid (keeping a
     current pose that still fits better) down to a step of a quarter of the
     grid; local rounds start at twice the finest step around the current poses.
+    With ``ranks``, each rank searches its own particles and every rank gets every pose.
     """
+    ranks = ranks or Ranks.single()
     fine = fine_step(radius, settings)
     box = data.box or data.original_box
     if local:
@@ -121,8 +125,11 @@ def search_round(data, maps: list[np.ndarray], rotations: np.ndarray | None, shi
     previous = None if rotations is None else (rotations, shifts)
     parts = [np.arange(n)] if len(maps) == 1 else list(data.half_sets(seed))
     for rows, volume in zip(parts, maps):
+        rows = ranks.own(rows)
         rot, sh, err = yield from global_search(data, volume, radius, search, rows=rows, previous=previous, device=device)
         new_rot[rows], new_shift[rows], errors[rows] = rot, sh, err
+    if ranks.shared:
+        new_rot, new_shift, errors = (ranks.gather_rows(a) for a in (new_rot, new_shift, errors))
     return new_rot, new_shift, float(np.mean(errors))
 
 
@@ -139,6 +146,7 @@ def run_search(data, settings, folder: RunFolder, control: RunControl, resume: b
     an interruption during the first map restarts it.
     """
     box = data.box or data.original_box
+    ranks = control.ranks
     refine = RefineSettings(max_shift=settings.max_shift * box)
     start_radius = first_radius(box, refine)
     key = run_key(data, settings)
@@ -159,12 +167,13 @@ def run_search(data, settings, folder: RunFolder, control: RunControl, resume: b
         return MapUpdate(volume, data.pixel_size, label, path, rotations, control.clock())
 
     def record(loss: float, change: float, resolution: float, update: MapUpdate) -> dict:
+        control.tick()
         row = {"epoch": state["round"], "phase": state["phase"], "loss": loss, "pose_change_deg": change,
                "resolution_A": round(resolution, 3), "elapsed_s": round(control.clock(), 1)}
         return folder.log(state["history"], row, update.path)
 
     if state["phase"] == "first map":
-        volume = yield from first_map(data, settings.first_map_batches, settings.seed, control.halted, device)
+        volume = yield from first_map(data, settings.first_map_batches, settings.seed, control.halted, device, ranks)
         if control.paused():
             return None
         state["volume"] = volume
@@ -177,25 +186,25 @@ def run_search(data, settings, folder: RunFolder, control: RunControl, resume: b
     halves = None
     while state["phase"] != "done":
         if state["rotations"] is not None and halves is None:
-            halves = yield from reconstruct_halves(data, state["rotations"], state["shifts"], seed=settings.seed)
+            halves = yield from reconstruct_halves(data, state["rotations"], state["shifts"], seed=settings.seed, ranks=ranks)
         if control.halted() and state["rotations"] is not None:
             break
         if state["rotations"] is None:
             radius = start_radius
-            rot, sh, loss = yield from search_round(data, [state["volume"]], None, None, radius, refine, False, settings.seed, device)
+            rot, sh, loss = yield from search_round(data, [state["volume"]], None, None, radius, refine, False, settings.seed, device, ranks)
             change = float("nan")
         else:
             local = state["phase"] == "local search"
             radius = next_radius(halves, data.pixel_size, box, state["radius"], None if local else refine.global_radius)
             rot, sh, loss = yield from search_round(data, [halves.half1, halves.half2], state["rotations"], state["shifts"],
-                                                    radius, refine, local, settings.seed, device)
+                                                    radius, refine, local, settings.seed, device, ranks)
             change = float(np.median(rotation_angles(state["rotations"], rot)))
         if control.paused():
             save()
             return None
         state["rotations"], state["shifts"], state["radius"] = rot, sh, radius
         state["round"] += 1
-        halves = yield from reconstruct_halves(data, rot, sh, seed=settings.seed)
+        halves = yield from reconstruct_halves(data, rot, sh, seed=settings.seed, ranks=ranks)
         update = emit(halves.volume, f"round {state['round']} ({state['phase']}, band {radius:.0f} px)", rot)
         yield update
         yield record(loss, change, halves.resolution, update)

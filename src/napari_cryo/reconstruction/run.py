@@ -29,6 +29,7 @@ from ..errors import CryoInputError
 from ..io.atomic import atomic_path, check_outputs, remove_stale_partials
 from ..io.torch_files import archive_problem, save_torch
 from .coverage import ViewCoverage, view_coverage
+from .ranks import Ranks
 
 CHECKPOINT = "checkpoint.pt"
 PROGRESS = "progress.csv"
@@ -96,22 +97,40 @@ class RunControl:
     stop, pause : callable, optional
         Polled: Stop ends pose inference (the final map is made from the poses
         reached); Pause ends the run with a checkpoint and no result.
+    ranks : Ranks, optional
+        The processes sharing the run.  With several, the clock is rank 0's,
+        read at each :meth:`halted` or :meth:`tick` (every rank calls them at
+        the same points) and fixed in between, so that every decision taken
+        from it is the same on every rank.
     """
 
     def __init__(self, max_minutes: float, elapsed: float = 0.0, stop: Callable[[], bool] | None = None,
-                 pause: Callable[[], bool] | None = None) -> None:
+                 pause: Callable[[], bool] | None = None, ranks: Ranks | None = None) -> None:
         self.budget = max_minutes * 60.0
         self._stop = stop
         self._pause = pause
+        self.ranks = ranks or Ranks.single()
+        self._agreed = (0.0, False, False)  # rank 0's clock, any rank stopped, any rank paused (several ranks)
         self.restart(elapsed)
 
     def restart(self, elapsed: float) -> None:
         """Set the clock to ``elapsed`` seconds (a resumed run continues its own time)."""
         self._start = time.perf_counter() - elapsed
+        self._agreed = (float(elapsed), False, False)
+
+    def tick(self) -> None:
+        """Several ranks: read rank 0's clock and every rank's Stop and Pause (a collective: every rank calls it)."""
+        if not self.ranks.shared:
+            return
+        flags = torch.tensor([time.perf_counter() - self._start if self.ranks.root else 0.0,
+                              float(self._stop is not None and self._stop()), float(self._pause is not None and self._pause())],
+                             dtype=torch.float64)
+        clock, stop, pause = self.ranks.sum_(flags).tolist()
+        self._agreed = (clock, stop > 0, pause > 0)
 
     def clock(self) -> float:
         """Seconds the run has taken, this session and earlier ones."""
-        return time.perf_counter() - self._start
+        return self._agreed[0] if self.ranks.shared else time.perf_counter() - self._start
 
     def out_of_time(self) -> bool:
         """Whether the time budget is spent."""
@@ -119,31 +138,37 @@ class RunControl:
 
     def stopped(self) -> bool:
         """Whether the user asked to finish now."""
+        if self.ranks.shared:
+            return self._agreed[1]
         return self._stop is not None and self._stop()
 
     def paused(self) -> bool:
         """Whether the user asked to pause (checkpoint, no result)."""
+        if self.ranks.shared:
+            return self._agreed[2]
         return self._pause is not None and self._pause()
 
     def halted(self) -> bool:
         """Whether pose inference must end now: out of time, stopped or paused."""
+        self.tick()
         return self.out_of_time() or self.stopped() or self.paused()
 
 
 class Every:
-    """A repeating deadline: :meth:`due` once ``minutes`` have passed since the last :meth:`reset`."""
+    """A repeating deadline: :meth:`due` once ``minutes`` have passed on ``clock`` since the last :meth:`reset`."""
 
-    def __init__(self, minutes: float) -> None:
+    def __init__(self, minutes: float, clock: Callable[[], float] = time.perf_counter) -> None:
         self.seconds = minutes * 60
+        self._clock = clock
         self.reset()
 
     def due(self) -> bool:
         """Whether the interval has passed."""
-        return time.perf_counter() - self._last > self.seconds
+        return self._clock() - self._last > self.seconds
 
     def reset(self) -> None:
         """Start the interval again (after the work it was due for, so that work is not counted in it)."""
-        self._last = time.perf_counter()
+        self._last = self._clock()
 
 
 def run_key(data, settings) -> str:
@@ -241,12 +266,16 @@ class RunFolder:
         The folder; None: a run that writes nothing.
     create : bool
         Create the folder if missing (not when only checking it, see :meth:`prepare`).
+    writes : bool
+        False for the ranks other than 0 of a shared run: they read the
+        checkpoint to resume and keep the same records, but write nothing.
     """
 
-    def __init__(self, out: Path | str | None, create: bool = True) -> None:
+    def __init__(self, out: Path | str | None, create: bool = True, writes: bool = True) -> None:
         self.out = Path(out) if out is not None else None
+        self.writes = writes
         self._progress: list[dict[str, Any]] = []  # the rows of progress.csv, rewritten atomically on each row
-        if self.out is not None and create:
+        if self.out is not None and create and writes:
             self.out.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -308,7 +337,7 @@ class RunFolder:
             If the checkpoint cannot be read or belongs to another run (``key``).
         """
         out = self.out
-        if out is not None:
+        if out is not None and self.writes:
             remove_stale_partials(out)  # temporary files of a run that was killed mid-write
         if resume and out is not None and (out / CHECKPOINT).exists():
             try:
@@ -319,7 +348,7 @@ class RunFolder:
                 raise CryoInputError(out / CHECKPOINT, "belongs to other particles, other settings or an older napari-cryo; start without --resume or use another --out")
             self._progress = self._rows_until(float(state.get("elapsed", 0.0)))
             return state
-        if out is not None and (out / PROGRESS).exists():
+        if out is not None and self.writes and (out / PROGRESS).exists():
             (out / PROGRESS).unlink()
         self._progress = []
         return None
@@ -345,7 +374,7 @@ class RunFolder:
 
     def save(self, state: dict[str, Any]) -> None:
         """Write the run's checkpoint atomically."""
-        if self.out is None:
+        if self.out is None or not self.writes:
             return
         save_torch(_for_saving(state), self.out / CHECKPOINT)
 
@@ -370,13 +399,14 @@ class RunFolder:
         from ..io.mrc import write_mrc
 
         path = self.out / f"intermediate_{len(written) + 1:03d}.mrc"
-        write_mrc(path, volume, pixel_size, overwrite=True)
+        if self.writes:
+            write_mrc(path, volume, pixel_size, overwrite=True)
         written.append(path.name)
         return path
 
     def write_progress(self, row: dict[str, Any]) -> None:
         """Add a row to ``progress.csv``; keys outside :data:`PROGRESS_COLUMNS` are left out."""
-        if self.out is None:
+        if self.out is None or not self.writes:
             return
         self._progress.append({k: row.get(k, "") for k in PROGRESS_COLUMNS})
         # Rewritten whole and atomically (a few kB): a kill or a full disk never leaves half a row.

@@ -28,6 +28,7 @@ import torch
 
 from ..tasks import Progress
 from .physics import fourier_to_volume_full, insert_slices, insert_weights
+from .ranks import Ranks
 from .search import _Band, _band_ctf, _errors, band_volume, batch_ctf, rotation_grid
 
 
@@ -78,6 +79,7 @@ def stochastic_map(
     seed: int = 0,
     stop: Callable[[], bool] | None = None,
     device: torch.device | str = "cpu",
+    ranks: Ranks | None = None,
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
     """A low-resolution map of the particles, with no reference.
 
@@ -93,6 +95,10 @@ def stochastic_map(
         Polled every batch; ends the stage early when it returns True.
     device : torch.device or str
         Where to compute.
+    ranks : Ranks, optional
+        The processes sharing the particles: every rank draws the same
+        batches, compares and back-projects its own particles of each, and the
+        sums are all-reduced, so every rank holds the same map.
 
     Yields
     ------
@@ -117,43 +123,56 @@ def stochastic_map(
     weights = torch.zeros((box, box, box), dtype=torch.float32, device=device)
     rotations = np.tile(np.eye(3, dtype=np.float32), (n, 1, 1))
     batch_size = min(s.batch_size, n)
+    ranks = ranks or Ranks.single()
     # The start: one batch back-projected at random rotations (a blob with a little structure).
-    first = data.batch(rng.choice(n, batch_size, replace=False))
-    ctf = batch_ctf(data, first, device)
+    first = rng.choice(n, batch_size, replace=False)
     start_rot = grid[torch.randint(len(grid), (batch_size,), generator=gen).to(device)]
-    num, _ = insert_slices(torch.fft.rfft2(first.images.to(device)) * ctf, start_rot, box)
-    numerator += num
-    weights += insert_weights(ctf**2, start_rot, box)
+    mine = ranks.owned(n)[first]
+    if mine.any():
+        batch = data.batch(first[mine])
+        ctf = batch_ctf(data, batch, device)
+        rot = start_rot[torch.as_tensor(mine).to(device)]
+        num, _ = insert_slices(torch.fft.rfft2(batch.images.to(device)) * ctf, rot, box)
+        numerator += num
+        weights += insert_weights(ctf**2, rot, box)
+    ranks.sum_(numerator)
+    ranks.sum_(weights)
     for b in range(s.batches):
         if stop is not None and stop():
             break
         frac = b / max(1, s.batches - 1)
         band = _Band(box, s.radius_start + (s.radius_end - s.radius_start) * frac, device)
         volume_ft = band_volume(_regularised(numerator, weights), band).to(device)
-        proj = torch.cat([band.project(volume_ft, g) for g in grid.split(2048)])
-        proj_power = proj.real**2 + proj.imag**2
         rows = rng.choice(n, batch_size, replace=False)
-        batch = data.batch(rows)
-        spectra = torch.fft.rfft2(batch.images.to(device))
-        taken = band.take(spectra)
-        ctf = batch_ctf(data, batch, device)
-        ctf_w, ctf2_w = _band_ctf(ctf, band)
-        power = ((taken.real**2 + taken.imag**2) * band.weight).sum(-1)
-        err = _errors(taken, ctf_w, ctf2_w, proj, proj_power, power)
-        best = err.min(dim=1, keepdim=True).values
-        # Noise power per coefficient from the best fit: the residual is noise plus model error,
-        # so the posterior is, if anything, too broad (safe early on).
-        sigma2 = (best / band.weight.sum()).clamp_min(1e-20)
-        loglik = -(err - best) / (2 * sigma2) * s.beta
-        top, which = loglik.topk(min(s.top_k, len(grid)), dim=1)
-        prob = torch.softmax(top, dim=1)
-        rot = grid[which].reshape(-1, 3, 3)
-        num, _ = insert_slices(((spectra * ctf)[:, None] * prob[..., None, None]).reshape(-1, box, box // 2 + 1), rot, box)
-        wts = insert_weights(((ctf**2)[:, None] * prob[..., None, None]).reshape(-1, box, box // 2 + 1), rot, box)
+        rows = ranks.own(rows)
+        num = torch.zeros_like(numerator)
+        wts = torch.zeros_like(weights)
+        if len(rows):
+            proj = torch.cat([band.project(volume_ft, g) for g in grid.split(2048)])
+            proj_power = proj.real**2 + proj.imag**2
+            batch = data.batch(rows)
+            spectra = torch.fft.rfft2(batch.images.to(device))
+            taken = band.take(spectra)
+            ctf = batch_ctf(data, batch, device)
+            ctf_w, ctf2_w = _band_ctf(ctf, band)
+            power = ((taken.real**2 + taken.imag**2) * band.weight).sum(-1)
+            err = _errors(taken, ctf_w, ctf2_w, proj, proj_power, power)
+            best = err.min(dim=1, keepdim=True).values
+            # Noise power per coefficient from the best fit: the residual is noise plus model error,
+            # so the posterior is, if anything, too broad (safe early on).
+            sigma2 = (best / band.weight.sum()).clamp_min(1e-20)
+            loglik = -(err - best) / (2 * sigma2) * s.beta
+            top, which = loglik.topk(min(s.top_k, len(grid)), dim=1)
+            prob = torch.softmax(top, dim=1)
+            rot = grid[which].reshape(-1, 3, 3)
+            num, _ = insert_slices(((spectra * ctf)[:, None] * prob[..., None, None]).reshape(-1, box, box // 2 + 1), rot, box)
+            wts = insert_weights(((ctf**2)[:, None] * prob[..., None, None]).reshape(-1, box, box // 2 + 1), rot, box)
+            rotations[rows] = grid[which[:, 0]].cpu().numpy()
+        ranks.sum_(num)
+        ranks.sum_(wts)
         memory = s.memory_start + (s.memory_end - s.memory_start) * frac
         keep = max(0.0, 1.0 - batch_size / memory)
         numerator = keep * numerator + num
         weights = keep * weights + wts
-        rotations[rows] = grid[which[:, 0]].cpu().numpy()
         yield Progress(b + 1, s.batches, "first map (stochastic search)")
     return _regularised(numerator, weights), rotations
