@@ -289,6 +289,26 @@ def test_switch_to_auto_decoding_can_be_forced(dataset):
     assert result.rotations.shape == (600, 3, 3) and np.all(np.isfinite(result.volume))
 
 
+def test_a_run_resumed_after_the_switch_starts_at_the_switch_and_compares_at_least_the_shared_band(dataset, tmp_path):
+    """The checkpoint at the switch holds the switch's clock: a resumed run whose clock started before the switch
+    once compared a negative band, an empty sum, and its loss became NaN."""
+    from types import SimpleNamespace
+
+    from napari_cryo.reconstruction.auto_decoding import compared_band
+    from napari_cryo.reconstruction.data import ParticleData
+    from napari_cryo.reconstruction.reconstruct import ReconstructionSettings, reconstruct
+
+    run = SimpleNamespace(phase="auto-decoding", shared_band=0.1, switched_at=50.0)
+    assert compared_band(run, 40.0, 60.0) == pytest.approx(0.1)  # a clock before the switch
+    assert compared_band(run, 52.5, 60.0) == pytest.approx(0.3) and compared_band(run, 59.0, 60.0) == pytest.approx(0.5)
+    data = ParticleData(dataset / "particles.star")
+    settings = ReconstructionSettings(max_minutes=0.5, switch_after=0.0, batch_size=64, heads=2, map_minutes=100)
+    records = _first_epochs(reconstruct, data, settings, 2, tmp_path / "run")
+    assert records[-1]["phase"] == "global search"  # stopped right after the switch
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["phase"] == "auto-decoding" and state["elapsed"] >= state["switched_at"] > 0
+
+
 def test_amortized_box_holds_the_shared_band():
     from napari_cryo.errors import CryoInputError
     from napari_cryo.reconstruction.reconstruct import amortized_box

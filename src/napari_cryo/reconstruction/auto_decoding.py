@@ -36,7 +36,8 @@ def compared_band(run: EncoderRun, elapsed: float, budget: float) -> float:
     if run.phase == "amortized":
         return start
     span = max(1e-6, 0.5 * (budget - run.switched_at))
-    return start + (0.5 - start) * min(1.0, (elapsed - run.switched_at) / span)
+    # Never below the shared band: an empty band would compare nothing (a loss of 0/0).
+    return start + (0.5 - start) * min(1.0, max(0.0, (elapsed - run.switched_at) / span))
 
 
 def pose_step(run: EncoderRun, images: torch.Tensor, target: torch.Tensor, ctf: torch.Tensor | None, idx: torch.Tensor,

@@ -194,7 +194,7 @@ def _switch_from_amortized(run: EncoderRun, folder: RunFolder, control: RunContr
         yield Progress(0, None, f"{why}: first poses from a global search against a stochastic first map")
         if (yield from poses_from_first_map(run, folder, control)):
             run.phase = "auto-decoding"
-            run.switched_at = control.clock()
+            run.switched_at = run.elapsed = control.clock()
             folder.save(run.state())
     elif forced or plateau or control.clock() >= 0.5 * control.budget:
         yield Progress(0, None, "switching to per-particle poses: best head of every particle")
@@ -202,7 +202,8 @@ def _switch_from_amortized(run: EncoderRun, folder: RunFolder, control: RunContr
         run.phase = "auto-decoding"
         if s.method == "cryospin" and s.global_rounds > 0:
             yield (yield from logged_global_round(run, folder, control, run.device))
-        run.switched_at = control.clock()
+        # The checkpoint's clock is the switch's: a resumed run must not start before it (the band grows from it).
+        run.switched_at = run.elapsed = control.clock()
         folder.save(run.state())
 
 
