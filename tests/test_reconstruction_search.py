@@ -286,3 +286,62 @@ def test_cryospin_after_collapsed_views_starts_from_a_stochastic_first_map(datas
     ref = np.asarray(read_mrc(dataset / "ground_truth_map.mrc")[0])
     found = fsc(align_maps(ref, result.volume, data.pixel_size).aligned, ref, data.pixel_size).resolution_px(0.5)
     assert found < 4.0, found  # the bound test_search_method_end_to_end holds the search method to
+
+
+def test_origin_prior_is_a_gaussian_over_a_disc_of_two_sigma():
+    from napari_cryo.reconstruction.stochastic import origin_prior
+
+    origins, log_prior = origin_prior(1.0, 1.0)
+    assert len(origins) == 13 and np.hypot(*origins.numpy().T).max() <= 2.0 + 1e-6
+    centre = int(np.flatnonzero((origins == 0).all(dim=1).numpy())[0])
+    assert log_prior[centre] == 0 and float(log_prior.min()) == pytest.approx(-2.0)
+    origins, log_prior = origin_prior(0.0)
+    assert origins.tolist() == [[0.0, 0.0]] and log_prior.tolist() == [0.0]
+
+
+def test_soft_insert_puts_each_image_back_at_its_origin_and_rotation():
+    from napari_cryo.reconstruction.physics import insert_slices, insert_weights, shift_images
+    from napari_cryo.reconstruction.stochastic import origin_prior, soft_insert
+
+    box = 16
+    gen = torch.Generator().manual_seed(0)
+    grid = torch.as_tensor(rotation_grid(30.0))
+    origins, _ = origin_prior(1.0)
+    centred = torch.randn(2, box, box // 2 + 1, dtype=torch.complex64, generator=gen)
+    ctf2 = torch.rand(2, box, box // 2 + 1, generator=gen)
+    truth_rot, truth_origin = [5, 40], [3, 11]
+    # The images as recorded: content moved by minus the origin (RELION's rlnOrigin).
+    recorded = shift_images(centred, origins[truth_origin], box)
+    loglik = torch.full((2, len(origins), len(grid)), -1e4)
+    loglik[0, truth_origin[0], truth_rot[0]] = loglik[1, truth_origin[1], truth_rot[1]] = 0.0
+    num, wts, best = soft_insert(recorded, ctf2, loglik, grid, origins, top_k=4)
+    assert best.tolist() == truth_rot
+    expected, _ = insert_slices(centred, grid[truth_rot], box)
+    torch.testing.assert_close(num, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(wts, insert_weights(ctf2, grid[truth_rot], box), atol=1e-5, rtol=1e-5)
+    # Two origins equally likely at the kept rotation: the image goes in as the mean of its two centrings.
+    loglik[0, :, :] = -1e4
+    loglik[0, [0, 12], truth_rot[0]] = 0.0
+    num, _, _ = soft_insert(recorded[:1], ctf2[:1], loglik[:1], grid, origins, top_k=1)
+    mean = 0.5 * (shift_images(recorded[:1], -origins[0:1], box) + shift_images(recorded[:1], -origins[12:13], box))
+    torch.testing.assert_close(num, insert_slices(mean, grid[truth_rot[:1]], box)[0], atol=1e-4, rtol=1e-4)
+
+
+def test_the_first_map_looks_for_origins_within_a_third_of_the_largest_origin_searched(dataset, monkeypatch):
+    from napari_cryo.reconstruction import refine
+    from napari_cryo.reconstruction.data import ParticleData
+
+    seen = {}
+
+    def fake_map(small, settings, **_):
+        seen["settings"], seen["box"] = settings, small.box
+        return np.zeros((small.box,) * 3, dtype=np.float32), None
+        yield
+
+    monkeypatch.setattr(refine, "stochastic_map", fake_map)
+    data = ParticleData(dataset / "particles.star")
+    volume = drain(refine.first_map(data, 7, 0, None, "cpu", max_shift=0.15))[0]
+    assert volume.shape == (32, 32, 32) and seen["box"] == 32
+    assert seen["settings"].batches == 7 and seen["settings"].origin_sigma == pytest.approx(0.15 * 32 / 3)
+    drain(refine.first_map(data, 7, 0, None, "cpu"))
+    assert seen["settings"].origin_sigma == 0

@@ -55,7 +55,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help=f"cryospin: when the encoder's poses still move the median particle by more than DEG per epoch over "
                              f"{d.patience} epochs without falling (checked from amortized epoch {d.collapse_epochs}), switch at once "
                              f"and take the first poses from a stochastic first map (default {d.unsettled_degrees:g}; 0: as published)")
-    parser.add_argument("--first-map-batches", type=int, default=d.first_map_batches, help=f"search: batches of the stochastic first map (default {d.first_map_batches})")
+    parser.add_argument("--first-map-batches", type=int, default=d.first_map_batches, help=f"batches of the stochastic first map (search, and cryoSPIN when its encoder does not settle; default {d.first_map_batches})")
     parser.add_argument("--invert", action="store_true", help="invert the contrast: the particles are dark on a light background (RELION-extracted particles are white)")
     parser.add_argument("--phase-flip", action="store_true", help="phase-flip the images first (off by default)")
     parser.add_argument("--seed", type=int, default=0)

@@ -259,7 +259,7 @@ def poses_from_first_map(run: EncoderRun, folder: RunFolder, control: RunControl
     changed nothing, when stopped or paused during the map.
     """
     data, device = run.full, run.device
-    volume = yield from first_map(data, run.s.first_map_batches, run.s.seed, control.halted, device, run.ranks)
+    volume = yield from first_map(data, run.s.first_map_batches, run.s.seed, control.halted, device, run.ranks, run.s.max_shift)
     if control.halted() and not control.out_of_time():  # stopped or paused by the user: stay amortized
         return False
     run.use_working_box()

@@ -77,12 +77,18 @@ def first_radius(box: int, settings: RefineSettings) -> float:
     return min(settings.start_radius, settings.start_band * box)
 
 
-def first_map(data, batches: int, seed: int, stop, device, ranks: Ranks | None = None) -> Generator[Progress, None, np.ndarray]:
-    """The stochastic first map (:func:`~.stochastic.stochastic_map` at its small box), at the data's box."""
+def first_map(data, batches: int, seed: int, stop, device, ranks: Ranks | None = None,
+              max_shift: float = 0.0) -> Generator[Progress, None, np.ndarray]:
+    """The stochastic first map (:func:`~.stochastic.stochastic_map` at its small box), at the data's box.
+
+    ``max_shift`` is the largest origin searched later, as a fraction of the
+    box; the first map takes the particles' origins as spread with a third
+    of it (so that nearly all fall within it) and weighs them by that prior.
+    """
     box = data.box or data.original_box
     small = data.at_box(min(box, StochasticSettings.box))
-    volume, _ = yield from stochastic_map(small, StochasticSettings(box=small.box, batches=batches), seed=seed, stop=stop, device=device,
-                                          ranks=ranks)
+    stochastic = StochasticSettings(box=small.box, batches=batches, origin_sigma=max_shift * small.box / 3)
+    volume, _ = yield from stochastic_map(small, stochastic, seed=seed, stop=stop, device=device, ranks=ranks)
     return fourier_crop_volume(volume, box).numpy() if small.box != box else volume
 
 
@@ -173,7 +179,7 @@ def run_search(data, settings, folder: RunFolder, control: RunControl, resume: b
         return folder.log(state["history"], row, update.path)
 
     if state["phase"] == "first map":
-        volume = yield from first_map(data, settings.first_map_batches, settings.seed, control.halted, device, ranks)
+        volume = yield from first_map(data, settings.first_map_batches, settings.seed, control.halted, device, ranks, settings.max_shift)
         if control.paused():
             return None
         state["volume"] = volume

@@ -83,7 +83,7 @@ class ReconstructionSettings:
     seed : int
         Random seed.
     first_map_batches : int
-        ``search``: batches of the stochastic first map (fewer for small data sets).
+        Batches of the stochastic first map (``search``, and cryoSPIN when its encoder does not settle; fewer for small data sets).
     """
 
     method: str = "cryospin"
