@@ -206,3 +206,42 @@ def test_failing_entry_point_listing_does_not_break_registry(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "entry_points", boom)
     with pytest.warns(UserWarning, match="corrupt metadata"):
         assert list(architectures.available())[: len(BUILTINS)] == list(BUILTINS)
+
+
+def _without_leak(data: bytes) -> bytes:
+    """A model file as written before the vgg decoder had its leak: the same archive minus that weight."""
+    import zipfile
+
+    src = zipfile.ZipFile(io.BytesIO(data))
+    state = torch.load(io.BytesIO(src.read("weights.pt")), weights_only=True)
+    assert "inner.leak" in state
+    weights = io.BytesIO()
+    torch.save({k: v for k, v in state.items() if k != "inner.leak"}, weights)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        for name in src.namelist():
+            dst.writestr(name, weights.getvalue() if name == "weights.pt" else src.read(name))
+    return out.getvalue()
+
+
+def test_vgg_last_block_is_leaky_and_old_files_keep_their_relu():
+    from napari_cryo.segmentation.model import SegmentationModel
+
+    torch.manual_seed(0)
+    model = SegmentationModel.new("vgg", "particle", box_size=32, pixel_size=10.0, context=3)
+    vgg = model.net.inner
+    # Every unit of the last block below zero: the ReLU network answers its head's bias everywhere
+    # (the ceiling a model can get stuck at); the leaky one still sees the image.
+    with torch.no_grad():
+        vgg.decoder[-1].bias.fill_(-100.0)
+    x = torch.randn(2, 3, 32, 32)
+    model.net.eval()
+    with torch.no_grad():
+        leaky = model.net(x)
+        assert float(vgg.leak) == pytest.approx(0.1) and leaky.std() > 1e-3
+        reloaded = SegmentationModel.from_bytes(model.to_bytes())
+        torch.testing.assert_close(reloaded.net(x), leaky)
+        old = SegmentationModel.from_bytes(_without_leak(model.to_bytes()), "old.scnm")
+        assert float(old.net.inner.leak) == 0.0
+        flat = old.net(x)
+        torch.testing.assert_close(flat, torch.full_like(flat, float(vgg.head.bias)))

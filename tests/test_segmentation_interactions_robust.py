@@ -166,13 +166,23 @@ def test_surface_keeps_a_parent_of_small_objects_and_long_pieces():
     for c in ((10, 20, 20), (10, 20, 60), (30, 70, 30)):
         blobs[_ball(c, 1.5)] = 0.9
     np.testing.assert_array_equal(parent_surface(blobs, 0.5, PIXEL), blobs >= 0.5)
-    # A huge sheet does not make a 15 nm fragment a speck (SPECK_MAX_NM), but a 3 nm speck is.
+    # Beside a huge sheet, a 3 nm speck is a speck, and so is a thin 15 nm thread (over the extent
+    # bar, but holding fewer voxels than SPECK_FRACTION**3 of the sheet), while a small patch is not.
     sheet = np.zeros(SHAPE, np.float32)
     sheet[5, :, :] = 0.9
     sheet[30, 40:55, 40] = 0.9
     sheet[30, 10:13, 80] = 0.9
+    sheet[20:24, 60:76, 60:76] = 0.9  # 1024 voxels over 23 nm; the bars: 0.3**3 * 96 * 96 = 249 voxels, 15 nm
     surface = parent_surface(sheet, 0.5, PIXEL)
-    assert surface[5].all() and surface[30, 40:55, 40].all() and not surface[30, 10:13, 80].any()
+    assert surface[5].all() and surface[20:24, 60:76, 60:76].all()
+    assert not surface[30, 40:55, 40].any() and not surface[30, 10:13, 80].any()
+    # However huge the typical piece, one holding a 15 nm cube (SPECK_MAX_NM) is no speck.
+    slab = np.zeros((60, 160, 160), np.float32)
+    slab[:40] = 0.9
+    slab[50:58, 10:30, 10:30] = 0.9  # 3200 voxels: under a 15 nm cube (3375) and 0.3 % of the slab
+    slab[48:58, 40:60, 40:60] = 0.9  # 4000 voxels: over a 15 nm cube
+    surface = parent_surface(slab, 0.5, PIXEL)
+    assert surface[48:58, 40:60, 40:60].all() and not surface[50:58, 10:30, 10:30].any()
 
 
 # --- whole objects --------------------------------------------------------------------------------

@@ -67,6 +67,25 @@ def test_touching_spheres_are_separated():
     assert len(together) == 1
 
 
+def test_separation_leaves_no_part_under_the_minimum_volume():
+    shape = (30, 30, 56)
+    # A particle with a lobe (a weaker response merged with it): two distance peaks 10 voxels apart,
+    # parts of about 900 and 500 voxels, each under the minimum volume of 1000.
+    lobed = np.zeros(shape, np.float32)
+    lobed[ball(shape, (15, 15, 15), 6) | ball(shape, (15, 15, 25), 5)] = 1.0
+    whole = pick_particles(lobed, 1.0, PickSettings(separate=False, min_volume=1000))
+    assert len(whole) == 1
+    kept = pick_particles(lobed, 1.0, PickSettings(separate=True, min_volume=1000))
+    np.testing.assert_allclose(kept.coordinates, whole.coordinates)  # picked whole, not split and dropped
+    assert len(pick_particles(lobed, 1.0, PickSettings(separate=True))) == 2  # without a minimum it splits
+    # Two touching particles with a small nub: still two, and the nub's voxels go to them.
+    pair = np.zeros(shape, np.float32)
+    pair[ball(shape, (15, 15, 14), 7) | ball(shape, (15, 15, 26), 7) | ball(shape, (15, 15, 36), 3)] = 1.0
+    split = pick_particles(pair, 1.0, PickSettings(separate=True, min_volume=500))
+    assert len(split) == 2 and split.volume.sum() == np.count_nonzero(pair)
+    np.testing.assert_allclose(np.sort(split.coordinates[:, 2]), [14, 26], atol=2.5)
+
+
 def test_specks_of_noise_neither_break_nor_drive_the_separation(rng):
     shape = (24, 30, 40)
     volume = np.zeros(shape, np.float32)

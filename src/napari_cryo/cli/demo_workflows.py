@@ -42,7 +42,7 @@ def _training_length(settings: "DemoSettings") -> str:
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """How long the slow steps may take (``quick``: the whole demo in under 3 minutes on 2 cores)."""
+    """How long the slow steps may take (``quick``: the whole demo in about 3 minutes on 2 cores)."""
 
     painted_slices: int = 12
     segmentation_budget_s: float = 60.0

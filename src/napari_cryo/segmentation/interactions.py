@@ -78,9 +78,10 @@ MODES = ("robust", "plain")
 AUTO = "auto"
 #: Robust mode: the parent's pieces and the child's objects extend to voxels above this fraction of the threshold.
 HYSTERESIS_LOW = 0.5
-#: Robust mode: parent pieces whose extent is under this fraction of a typical large piece's are specks ...
+#: Robust mode: parent pieces whose extent is under this fraction of a typical large piece's, or whose
+#: volume is under its cube times the typical volume (a piece that much smaller in every direction), are specks ...
 SPECK_FRACTION = 0.3
-#: ... but a piece at least this long (nm) never is.
+#: ... but a piece at least this long (nm), or holding at least a cube of this side, never is.
 SPECK_MAX_NM = 15.0
 #: Robust mode: colocalize keeps an object when at least this fraction of it lies within reach.
 COLOCALIZE_FRACTION = 0.5
@@ -604,11 +605,16 @@ def parent_surface(parent: np.ndarray, threshold: float, pixel_size: float) -> n
     count as one piece.  A piece is a speck when its extent (bounding box
     diagonal) is under ``SPECK_FRACTION`` times that of a typical large
     piece (the median over the pieces, each weighted by its squared voxel
-    count) and under ``SPECK_MAX_NM``; the mask voxels of the other pieces
-    are the surface.  The scale follows the parent's own pieces, so a parent
-    of small particles keeps them, while a membrane's specks go however many
-    there are.  The surface is never larger than the mask, so a robust
-    interaction never reaches further than a plain one.
+    count) and under ``SPECK_MAX_NM``, or when it holds fewer mask voxels
+    than ``SPECK_FRACTION**3`` times a typical piece (the same median) and
+    than a cube of ``SPECK_MAX_NM``.  The volume test catches the thin, long
+    pieces a membrane model leaves around other dense objects, such as the
+    rims of particles: their extent is that of a fragment of membrane, but
+    they hold a hundredth of a vesicle's voxels.  The mask voxels of the other
+    pieces are the surface.  The scale follows the parent's own pieces, so a
+    parent of small particles keeps them, while a membrane's specks go
+    however many there are.  The surface is never larger than the mask, so
+    a robust interaction never reaches further than a plain one.
 
     Parameters
     ----------
@@ -641,10 +647,15 @@ def parent_surface(parent: np.ndarray, threshold: float, pixel_size: float) -> n
     for index, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is not None and seeded[index]:
             diagonal[index] = math.sqrt(sum((s.stop - s.start) ** 2 for s in box))
+    volume = np.bincount(labels[high], minlength=n + 1).astype(float)
     pieces = np.flatnonzero(seeded)
     # Weighting by the squared size makes the large pieces typical even among many specks.
-    typical = _weighted_median(diagonal[pieces], size[pieces].astype(float) ** 2)
-    keep = seeded & (diagonal >= min(SPECK_FRACTION * typical, SPECK_MAX_NM * 10.0 / pixel_size))
+    weights = size[pieces].astype(float) ** 2
+    typical = _weighted_median(diagonal[pieces], weights)
+    typical_volume = _weighted_median(volume[pieces], weights)
+    longest = SPECK_MAX_NM * 10.0 / pixel_size
+    keep = seeded & (diagonal >= min(SPECK_FRACTION * typical, longest))
+    keep &= volume >= min(SPECK_FRACTION**3 * typical_volume, longest**3)
     high &= keep[labels]
     return high
 

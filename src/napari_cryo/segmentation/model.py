@@ -33,6 +33,7 @@ from ..errors import CryoInputError
 from ..io.torch_files import archive_problem
 from ..io.atomic import atomic_path
 from . import architectures
+from .architectures._layers import fill_legacy_buffers
 
 FORMAT = "napari-cryo segmentation model"
 FORMAT_VERSION = 1
@@ -367,7 +368,7 @@ class SegmentationModel:
             net = build_net(arch.name, settings["box_size"], settings["context"])
         except CryoInputError as exc:
             raise CryoInputError(source, exc.problem) from None
-        state = _read_weights(weights, source)
+        state = fill_legacy_buffers(net, _read_weights(weights, source))
         try:
             net.load_state_dict(state)
         except Exception as exc:  # noqa: BLE001 - torch raises many kinds for foreign weights

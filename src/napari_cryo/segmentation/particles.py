@@ -2,8 +2,10 @@
 
 A prediction volume (Z, Y, X) of probabilities is thresholded; each blob of
 the mask is a particle, or, with ``separate``, is split into particles by a
-watershed of its distance map seeded at the map's peaks.  Particles smaller
-than a minimum volume are dropped, and of two particles closer than the
+watershed of its distance map seeded at the map's peaks; a split never
+leaves a part smaller than the minimum volume (its voxels go to the parts
+beside it), so separating never loses a particle that picking it whole
+would keep.  Particles smaller than a minimum volume are dropped, and of two particles closer than the
 minimum spacing only the heavier (larger summed prediction) is kept.
 
 Coordinates are in voxels (ZYX in arrays, XYZ in the TSV file); volumes in
@@ -155,7 +157,7 @@ def pick_particles(volume: np.ndarray, pixel_size: float, settings: PickSettings
     if small.any():
         blobs[small[blobs]] = 0
     if settings.separate:
-        labels = _separate(blobs, settings.min_peak_distance, pixel_size)
+        labels = _separate(blobs, settings.min_peak_distance, pixel_size, settings.min_volume / voxel_volume)
     else:
         labels = blobs
     del blobs
@@ -189,11 +191,16 @@ def pick_particles(volume: np.ndarray, pixel_size: float, settings: PickSettings
     return PickedParticles(coordinates=centre, volume=particle_volume, weight=weight)
 
 
-def _separate(blobs: np.ndarray, min_peak_distance: float | None, pixel_size: float) -> np.ndarray:
+def _separate(blobs: np.ndarray, min_peak_distance: float | None, pixel_size: float, min_voxels: float = 0.0) -> np.ndarray:
     """Split the blobs of a label volume at the peaks of their distance maps.
 
     Relabels ``blobs`` in place and returns it: a blob keeps its label for
-    its first part, further parts get new labels after the largest.  Works
+    its first part, further parts get new labels after the largest.  A part
+    under ``min_voxels`` loses its seed and the watershed runs again, so its
+    voxels join the parts beside it; a blob left with one seed stays whole.
+    An irregular blob (a particle merged with a weaker response beside it)
+    has several distance peaks, and splitting it into parts that are each
+    too small would drop the particle.  Works
     blob by blob on bounding boxes, so memory follows the largest blob.
     Outside the volume counts as background, so a blob cut by the box edge
     still peaks inside the box.
@@ -232,7 +239,16 @@ def _separate(blobs: np.ndarray, min_peak_distance: float | None, pixel_size: fl
         if n_seeds <= 1:
             continue
         own = blobs[box] == index
-        parts = watershed(-distance, seeds, mask=own, connectivity=3)[own]
+        parts = watershed(-distance, seeds, mask=own, connectivity=3)
+        big = np.bincount(parts[own], minlength=n_seeds + 1) >= min_voxels
+        big[0] = False
+        if not big.all() and n_seeds > 1:
+            n_seeds = int(big.sum())
+            if n_seeds <= 1:
+                continue
+            seeds = np.where(big[seeds], np.cumsum(big)[seeds], 0)
+            parts = watershed(-distance, seeds, mask=own, connectivity=3)
+        parts = parts[own]
         blobs[box][own] = np.where(parts == 1, index, parts + (next_label - 2))
         next_label += n_seeds - 1
     return blobs

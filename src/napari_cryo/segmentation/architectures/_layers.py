@@ -78,6 +78,9 @@ class SegmentationNet(nn.Module):
     """
 
     multiple: int = MULTIPLE
+    #: Buffers that model files written before they existed lack, and the value that reproduces those
+    #: files' networks (filled in by :func:`fill_legacy_buffers` when such a file is loaded).
+    legacy_buffers: dict[str, float] = {}
 
     def body(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """Logits for an input whose sides are multiples of :attr:`multiple`."""
@@ -144,3 +147,27 @@ def initialise(net: Net, prior: float = PRIOR, head: nn.Module | None = None) ->
     nn.init.normal_(head.weight, std=0.01)
     nn.init.constant_(head.bias, math.log(prior / (1.0 - prior)))
     return net.to(memory_format=torch.channels_last)
+
+
+def fill_legacy_buffers(net: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` plus the legacy value of every :attr:`SegmentationNet.legacy_buffers` buffer it lacks.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The network the state is for (possibly wrapping a :class:`SegmentationNet`).
+    state : dict of str to torch.Tensor
+        A ``state_dict`` read from a model file.
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        A new dict; ``state`` itself is not modified.
+    """
+    filled = dict(state)
+    for prefix, module in net.named_modules():
+        for name, value in getattr(module, "legacy_buffers", {}).items():
+            key = f"{prefix}.{name}" if prefix else name
+            if key not in filled:
+                filled[key] = torch.tensor(float(value))
+    return filled

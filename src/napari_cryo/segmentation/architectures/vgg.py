@@ -5,6 +5,14 @@ Three max-pooled levels of paired 3x3 convolutions (16, 32, 64 channels), a
 transposed-convolution upsampling and 3x3 convolutions. Without skips the
 output is smooth, which suits membranes, carbon and other extended
 features, and it is the fastest builtin for slice-by-slice inference.
+
+The last decoder block is leaky (slope 0.1) instead of a ReLU.  With a ReLU
+there, a model can settle on "the feature is where no decoder unit fires":
+its logit on the feature is then the head's bias, a ceiling no gradient
+lifts, because zero units pass none.  On the harder simulated tomograms a
+particle model did exactly that (calibrated probabilities never above 0.50,
+held-out Dice 0.54); the leaky block reached 0.62 in the same 150 s budget.
+Files written before keep their ReLU (``legacy_buffers``).
 """
 
 from __future__ import annotations
@@ -14,6 +22,9 @@ import torch.nn as nn
 
 from . import Architecture
 from ._layers import SegmentationNet, check_box, conv_bn_relu, initialise, up
+
+#: Negative slope of the last decoder block of new networks.
+LEAK = 0.1
 
 
 class VGGNet(SegmentationNet):
@@ -25,7 +36,9 @@ class VGGNet(SegmentationNet):
         Channels of the three encoder levels; the bottleneck uses the last.
     """
 
-    def __init__(self, widths: tuple[int, int, int] = (16, 32, 64)) -> None:
+    legacy_buffers = {"leak": 0.0}  # files without it were trained with a ReLU there
+
+    def __init__(self, widths: tuple[int, int, int] = (16, 32, 64), leak: float = LEAK) -> None:
         super().__init__()
         a, b, c = widths
         # One batch norm per level: enough to keep training stable, cheap at inference.
@@ -38,12 +51,15 @@ class VGGNet(SegmentationNet):
         self.decoder = nn.Sequential(
             up(c, c), *conv_bn_relu(c, c, norm=True),
             up(c, b), *conv_bn_relu(b, b, norm=True),
-            up(b, a), *conv_bn_relu(a, a, norm=True),
+            up(b, a), *conv_bn_relu(a, a, norm=True)[:-1],
         )
+        # A buffer, so the slope travels with the weights it was trained with.
+        self.register_buffer("leak", torch.tensor(float(leak)))
         self.head = nn.Conv2d(a, 1, 1)
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.decoder(self.encoder(x)))
+        h = self.decoder(self.encoder(x))
+        return self.head(torch.where(h >= 0, h, h * self.leak))
 
 
 def build(box: int) -> VGGNet:
