@@ -9,7 +9,7 @@ reductions (and so the last digits of a float) depends on the number of threads.
 from __future__ import annotations
 
 import json
-import logging
+import os
 import sys
 from pathlib import Path
 
@@ -55,13 +55,11 @@ def stamps(folder: Path) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def client():
-    from napari_cryo.cluster import _one_torch_thread
+    from napari_cryo.cluster import _one_torch_thread, local_cluster
 
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR)
-    with distributed.Client(cluster) as c:
+    with local_cluster(2) as cluster, distributed.Client(cluster) as c:
         c.run(_one_torch_thread)
         yield c
-    cluster.close()
 
 
 @pytest.fixture
@@ -227,3 +225,19 @@ def test_scheduler_values_and_a_missing_extra(capsys, monkeypatch, data, tmp_pat
     code, _, err = cli(capsys, "pick", "run", data["mics"][0], "--diameter", 150, "--out", tmp_path / "p", "--scheduler", "local:1")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "napari-cryo[cluster]" in err
     assert not (tmp_path / "p").exists()
+
+
+def test_a_local_cluster_leaves_this_process_environment_and_the_workers_memory_trimming_alone(monkeypatch):
+    """dask's nanny writes one NumPy thread and a 64 KiB trim threshold into the environment of the process
+    that starts it; every program started afterwards inherited them (a segmentation model then trained at
+    half speed), and the workers' torch ran at half speed too."""
+    from napari_cryo.cluster import connect
+
+    for name in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    before = dict(os.environ)
+    with connect("local:1") as client:
+        assert dict(os.environ) == before
+        seen = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")))
+        assert list(seen.values()) == [(None, "1")], seen
+    assert dict(os.environ) == before
