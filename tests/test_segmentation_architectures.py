@@ -209,7 +209,7 @@ def test_failing_entry_point_listing_does_not_break_registry(monkeypatch):
 
 
 def _without_leak(data: bytes) -> bytes:
-    """A model file as written before the vgg decoder had its leak: the same archive minus that weight."""
+    """A model file as written before its network had a leak: the same archive minus that buffer."""
     import zipfile
 
     src = zipfile.ZipFile(io.BytesIO(data))
@@ -224,24 +224,30 @@ def _without_leak(data: bytes) -> bytes:
     return out.getvalue()
 
 
-def test_vgg_last_block_is_leaky_and_old_files_keep_their_relu():
+#: The norm layer of the block the head reads, per architecture whose head reads a leaky activation.
+LAST_NORM = {"vgg": lambda net: net.decoder[-1], "unet": lambda net: net.dec1[-1], "inception": lambda net: net.dec1.norm}
+
+
+@pytest.mark.parametrize("name", sorted(LAST_NORM))
+def test_the_block_before_the_head_is_leaky_and_old_files_keep_their_relu(name):
     from napari_cryo.segmentation.model import SegmentationModel
 
     torch.manual_seed(0)
-    model = SegmentationModel.new("vgg", "particle", box_size=32, pixel_size=10.0, context=3)
-    vgg = model.net.inner
+    model = SegmentationModel.new(name, "particle", box_size=32, pixel_size=10.0, context=3)
+    inner = model.net.inner
     # Every unit of the last block below zero: the ReLU network answers its head's bias everywhere
     # (the ceiling a model can get stuck at); the leaky one still sees the image.
     with torch.no_grad():
-        vgg.decoder[-1].bias.fill_(-100.0)
+        LAST_NORM[name](inner).bias.fill_(-100.0)
     x = torch.randn(2, 3, 32, 32)
     model.net.eval()
     with torch.no_grad():
         leaky = model.net(x)
-        assert float(vgg.leak) == pytest.approx(0.1) and leaky.std() > 1e-3
+        assert float(inner.leak) == pytest.approx(0.1) and leaky.std() > 1e-3
         reloaded = SegmentationModel.from_bytes(model.to_bytes())
         torch.testing.assert_close(reloaded.net(x), leaky)
         old = SegmentationModel.from_bytes(_without_leak(model.to_bytes()), "old.scnm")
         assert float(old.net.inner.leak) == 0.0
         flat = old.net(x)
-        torch.testing.assert_close(flat, torch.full_like(flat, float(vgg.head.bias)))
+        torch.testing.assert_close(flat, torch.full_like(flat, float(inner.head.bias)))
+

@@ -20,6 +20,8 @@ from ...errors import CryoInputError
 MULTIPLE = 16
 MIN_BOX = 32
 PRIOR = 0.2
+#: Negative slope of the activation the head reads, in new networks (see :meth:`SegmentationNet.use_leak`).
+LEAK = 0.1
 
 Net = TypeVar("Net", bound=nn.Module)
 
@@ -81,6 +83,23 @@ class SegmentationNet(nn.Module):
     #: Buffers that model files written before they existed lack, and the value that reproduces those
     #: files' networks (filled in by :func:`fill_legacy_buffers` when such a file is loaded).
     legacy_buffers: dict[str, float] = {}
+
+    def use_leak(self, leak: float = LEAK) -> None:
+        """Make :meth:`leaky` the activation the head reads, with negative slope ``leak``.
+
+        With a ReLU there, a model can settle on "the feature is where no unit
+        fires": its logit on the feature is then the head's bias, a ceiling no
+        gradient lifts, because zero units pass none.  On the harder simulated
+        tomograms, particle models of vgg, unet and inception did exactly that (calibrated
+        probabilities never above 0.50).  The slope is a buffer, so it travels
+        with the weights it was trained with; files written before it existed
+        load with slope 0, their ReLU (list it in :attr:`legacy_buffers`).
+        """
+        self.register_buffer("leak", torch.tensor(float(leak)))
+
+    def leaky(self, h: torch.Tensor) -> torch.Tensor:
+        """``h`` where it is positive, ``leak * h`` elsewhere (see :meth:`use_leak`)."""
+        return torch.where(h >= 0, h, h * self.leak)
 
     def body(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """Logits for an input whose sides are multiples of :attr:`multiple`."""

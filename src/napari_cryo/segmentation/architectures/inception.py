@@ -4,7 +4,10 @@ Each inception block runs four branches in parallel — 1x1, 3x3, 5x5 (as two
 stacked 3x3, which costs less for the same field) and 3x3 max-pool then
 1x1 — and concatenates them, so every level sees several scales at once.
 Levels of 16, 32 and 64 channels down to 1/8 resolution; the decoder
-upsamples and adds the encoder features of the same resolution.
+upsamples and adds the encoder features of the same resolution.  The last
+decoder block is leaky (:meth:`~._layers.SegmentationNet.use_leak`): with a
+ReLU, a particle model on the harder simulated tomograms stopped at
+calibrated probabilities of 0.50.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import Architecture
-from ._layers import SegmentationNet, check_box, initialise, up
+from ._layers import LEAK, SegmentationNet, check_box, initialise, up
 
 
 class InceptionBlock(nn.Module):
@@ -36,10 +39,13 @@ class InceptionBlock(nn.Module):
         # One norm over the concatenation instead of one per branch.
         self.norm = nn.BatchNorm2d(c_out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output before its ReLU."""
         pooled = F.max_pool2d(x, 3, stride=1, padding=1)
-        y = torch.cat([self.b1(x), self.b3(x), self.b5(x), self.bp(pooled)], dim=1)
-        return F.relu(self.norm(y), inplace=True)
+        return self.norm(torch.cat([self.b1(x), self.b3(x), self.b5(x), self.bp(pooled)], dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.pre_activation(x), inplace=True)
 
 
 class InceptionNet(SegmentationNet):
@@ -51,7 +57,9 @@ class InceptionNet(SegmentationNet):
         Channels at full, 1/2 and 1/4 resolution (multiples of 4); 1/8 uses the last.
     """
 
-    def __init__(self, widths: tuple[int, int, int] = (16, 32, 64)) -> None:
+    legacy_buffers = {"leak": 0.0}  # files without it were trained with a ReLU there
+
+    def __init__(self, widths: tuple[int, int, int] = (16, 32, 64), leak: float = LEAK) -> None:
         super().__init__()
         a, b, c = widths
         self.stem = nn.Sequential(nn.Conv2d(1, a, 3, padding=1), nn.ReLU(inplace=True))
@@ -62,6 +70,7 @@ class InceptionNet(SegmentationNet):
         self.up3, self.dec3 = up(c, c), InceptionBlock(c, c)
         self.up2, self.dec2 = up(c, b), InceptionBlock(b, b)
         self.up1, self.dec1 = up(b, a), InceptionBlock(a, a)
+        self.use_leak(leak)
         self.head = nn.Conv2d(a, 1, 1)
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,8 +80,7 @@ class InceptionNet(SegmentationNet):
         y = self.bottleneck(F.max_pool2d(e3, 2))
         y = self.dec3(self.up3(y) + e3)
         y = self.dec2(self.up2(y) + e2)
-        y = self.dec1(self.up1(y) + e1)
-        return self.head(y)
+        return self.head(self.leaky(self.dec1.pre_activation(self.up1(y) + e1)))
 
 
 def build(box: int) -> InceptionNet:
