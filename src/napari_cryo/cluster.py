@@ -142,8 +142,9 @@ def _one_torch_thread() -> int:
 
 
 #: dask's nanny sets these before it spawns a worker.  Its MALLOC_TRIM_THRESHOLD_ of 64 KiB hands freed
-#: memory back to the system at once, which doubles the time torch's convolutions take (measured: 5 epochs
-#: of a segmentation model, 23 s without it, 51 s with it), so workers keep glibc's default.
+#: memory back to the system at once, and torch, which allocates and frees large buffers all the time, slows
+#: down (measured: 5 epochs of a segmentation model 51 s instead of 23 s; `pick run` on workers 20-33 % slower),
+#: so workers keep glibc's default.
 LOCAL_WORKER_ENVIRON = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
 
