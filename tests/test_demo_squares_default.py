@@ -14,6 +14,8 @@ from napari_cryo.squares.default_model import load_default_model
 from napari_cryo.squares.pipeline import analyse_atlas, score_atlas
 from napari_cryo.synthetic.atlas import simulate_atlas
 
+TORCH_THREADS = 1  # restored by conftest; set here it leaked into every later module
+
 
 def test_default_model_is_small_and_documents_its_training():
     model = load_default_model()
@@ -29,8 +31,7 @@ def atlas():
 
 
 def test_default_model_ranks_squares_of_an_unseen_atlas(atlas):
-    torch = pytest.importorskip("torch")
-    torch.set_num_threads(1)
+    pytest.importorskip("torch")
     found = analyse_atlas(atlas.image, "a7")
     table, maps = score_atlas(load_default_model(), found)
     scored = table[table["rank"] > 0]
