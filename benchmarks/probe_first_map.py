@@ -7,7 +7,8 @@ same box) after the best rotation, translation and hand.
 
 ``--centred`` takes the true origins out of the images first: the difference between the two runs is what the
 particles' origins cost the first map.  ``--set NAME=VALUE`` changes a field of ``StochasticSettings`` (e.g.
-``origin_sigma=0`` for the map without an origin search).
+``origin_sigma=0`` for the map without an origin search, ``mask_radius=0`` for no mask; by default the map is masked
+as ``reconstruct`` masks it, by :func:`napari_cryo.reconstruction.extent.first_map_mask`).
 
 Run: python -u benchmarks/probe_first_map.py DATA [--centred] [--set origin_sigma=1.0 ...]
 """
@@ -26,6 +27,7 @@ import torch
 
 from napari_cryo.io.mrc import read_mrc
 from napari_cryo.reconstruction.data import ParticleData
+from napari_cryo.reconstruction.extent import first_map_mask
 from napari_cryo.reconstruction.fsc import align_maps, fsc
 from napari_cryo.reconstruction.physics import fourier_crop_volume, shift_images
 from napari_cryo.reconstruction.stochastic import StochasticSettings, stochastic_map
@@ -57,6 +59,8 @@ def main() -> None:
         small.batch = centred
     defaults = StochasticSettings(box=BOX)
     fields = {k: type(getattr(defaults, k))(v) for k, v in (a.split("=", 1) for a in args.set)}
+    if "mask_radius" not in fields:
+        fields["mask_radius"] = round(first_map_mask(small), 4)  # as reconstruct masks it
     settings = dataclasses.replace(defaults, **fields)
     start = time.time()
     volume, _ = drain(stochastic_map(small, settings, seed=args.seed))[0]

@@ -330,6 +330,7 @@ def test_soft_insert_puts_each_image_back_at_its_origin_and_rotation():
 def test_the_first_map_looks_for_origins_within_a_third_of_the_largest_origin_searched(dataset, monkeypatch):
     from napari_cryo.reconstruction import refine
     from napari_cryo.reconstruction.data import ParticleData
+    from napari_cryo.reconstruction.extent import first_map_mask
 
     seen = {}
 
@@ -343,5 +344,7 @@ def test_the_first_map_looks_for_origins_within_a_third_of_the_largest_origin_se
     volume = drain(refine.first_map(data, 7, 0, None, "cpu", max_shift=0.15))[0]
     assert volume.shape == (32, 32, 32) and seen["box"] == 32
     assert seen["settings"].batches == 7 and seen["settings"].origin_sigma == pytest.approx(0.15 * 32 / 3)
+    # Masked as wide as the images show the particles, never wider than the images' own mask.
+    assert seen["settings"].mask_radius == pytest.approx(first_map_mask(data.at_box(32))) and 0.3 < seen["settings"].mask_radius <= 0.9
     drain(refine.first_map(data, 7, 0, None, "cpu"))
     assert seen["settings"].origin_sigma == 0

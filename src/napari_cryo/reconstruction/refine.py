@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import CryoInputError
 from ..tasks import Progress
 from .backproject import HalfMaps, reconstruct_halves
+from .extent import first_map_mask
 from .physics import fourier_crop_volume
 from .ranks import Ranks
 from .poses import rotation_angles
@@ -84,10 +85,13 @@ def first_map(data, batches: int, seed: int, stop, device, ranks: Ranks | None =
     ``max_shift`` is the largest origin searched later, as a fraction of the
     box; the first map takes the particles' origins as spread with a third
     of it (so that nearly all fall within it) and weighs them by that prior.
+    The map is masked by a sphere as wide as the particles' images show them
+    (:func:`~.extent.first_map_mask`).
     """
     box = data.box or data.original_box
     small = data.at_box(min(box, StochasticSettings.box))
-    stochastic = StochasticSettings(box=small.box, batches=batches, origin_sigma=max_shift * small.box / 3)
+    stochastic = StochasticSettings(box=small.box, batches=batches, origin_sigma=max_shift * small.box / 3,
+                                    mask_radius=first_map_mask(small))
     volume, _ = yield from stochastic_map(small, stochastic, seed=seed, stop=stop, device=device, ranks=ranks)
     return fourier_crop_volume(volume, box).numpy() if small.box != box else volume
 

@@ -13,6 +13,9 @@ methods of RELION and cryoSPARC:
   ``beta`` (a cold start would freeze on the first accidental match);
 * the running sums forget old batches, remembering about ``memory``
   particles, so early mistakes fade as the map improves;
+* the map is masked by a sphere (``mask_radius``) before each batch is
+  compared with it: outside the particle it holds only back-projected
+  noise, which the next batch's images would otherwise be fitted to;
 * off-centre particles (``origin_sigma``) are compared at every origin of
   a small grid too, weighted by a Gaussian prior, and each kept rotation is
   back-projected once with the image averaged over its origins (summing
@@ -32,6 +35,7 @@ import numpy as np
 import torch
 
 from ..tasks import Progress
+from .fsc import soft_mask
 from .physics import fourier_to_volume_full, insert_slices, insert_weights, shift_images
 from .ranks import Ranks
 from .search import _Band, _band_ctf, _errors, band_volume, batch_ctf, rotation_grid, shift_grid
@@ -64,6 +68,9 @@ class StochasticSettings:
         every origin of a grid within 2 sigma, weighted by a Gaussian prior.
     origin_step : float
         Spacing of that grid of origins, pixels of the working box.
+    mask_radius : float
+        Radius of a soft spherical mask put on the map before each batch is
+        compared with it, as a fraction of the half box (0: no mask).
     """
 
     box: int = 32
@@ -78,6 +85,7 @@ class StochasticSettings:
     memory_end: float = 5000.0
     origin_sigma: float = 0.0
     origin_step: float = 1.0
+    mask_radius: float = 0.0
 
 
 def _regularised(numerator: torch.Tensor, weights: torch.Tensor) -> np.ndarray:
@@ -196,6 +204,11 @@ def stochastic_map(
     rotations = np.tile(np.eye(3, dtype=np.float32), (n, 1, 1))
     batch_size = min(s.batch_size, n)
     ranks = ranks or Ranks.single()
+    mask = None
+    if s.mask_radius > 0:
+        outer = s.mask_radius * box / 2
+        mask = soft_mask(box, radius=max(1.0, outer - 2.0), width=2.0)
+    label = "first map (stochastic search" + (f", masked at {s.mask_radius:.2f} of the half box)" if mask is not None else ")")
     # The start: one batch back-projected at random rotations (a blob with a little structure).
     first = rng.choice(n, batch_size, replace=False)
     start_rot = grid[torch.randint(len(grid), (batch_size,), generator=gen).to(device)]
@@ -214,7 +227,10 @@ def stochastic_map(
             break
         frac = b / max(1, s.batches - 1)
         band = _Band(box, s.radius_start + (s.radius_end - s.radius_start) * frac, device)
-        volume_ft = band_volume(_regularised(numerator, weights), band).to(device)
+        volume = _regularised(numerator, weights)
+        if mask is not None:
+            volume *= mask
+        volume_ft = band_volume(volume, band).to(device)
         rows = rng.choice(n, batch_size, replace=False)
         rows = ranks.own(rows)
         num = torch.zeros_like(numerator)
@@ -245,5 +261,8 @@ def stochastic_map(
         keep = max(0.0, 1.0 - batch_size / memory)
         numerator = keep * numerator + num
         weights = keep * weights + wts
-        yield Progress(b + 1, s.batches, "first map (stochastic search)")
-    return _regularised(numerator, weights), rotations
+        yield Progress(b + 1, s.batches, label)
+    volume = _regularised(numerator, weights)
+    if mask is not None:
+        volume *= mask
+    return volume, rotations
