@@ -289,6 +289,23 @@ def test_switch_to_auto_decoding_can_be_forced(dataset):
     assert result.rotations.shape == (600, 3, 3) and np.all(np.isfinite(result.volume))
 
 
+def test_an_encoder_run_ends_pose_inference_in_time_for_the_final_half_maps(dataset, monkeypatch):
+    """With the final map estimated at 9 s of a 15-s budget, half the budget (the most ever kept) goes to it."""
+    from napari_cryo.reconstruction import phases
+    from napari_cryo.reconstruction.data import ParticleData
+    from napari_cryo.reconstruction.reconstruct import ReconstructionSettings, reconstruct
+
+    monkeypatch.setattr(phases, "final_map_seconds", lambda data, ranks=None: 9.0)
+    data = ParticleData(dataset / "particles.star")
+    settings = ReconstructionSettings(max_minutes=0.25, batch_size=64, heads=3, map_minutes=100)
+    result, items = drain(reconstruct(data, settings))
+    assert any(getattr(i, "message", "") == "keeping 8 s of the 0.25-minute budget for the final half maps" for i in items)
+    # Pose inference stops at 7.5 s (the last epoch's record may come a little before, then its half volumes are
+    # solved); without the reserve the epochs went on to 15 s.
+    assert 5.0 < result.history[-1]["elapsed_s"] < 12.0, result.history[-1]
+    assert np.all(np.isfinite(result.volume))
+
+
 def test_a_run_resumed_after_the_switch_starts_at_the_switch_and_compares_at_least_the_shared_band(dataset, tmp_path):
     """The checkpoint at the switch holds the switch's clock: a resumed run whose clock started before the switch
     once compared a negative band, an empty sum, and its loss became NaN."""

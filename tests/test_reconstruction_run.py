@@ -121,3 +121,66 @@ def test_a_saved_state_with_arrays_round_trips(tmp_path):
     back = folder.start_or_resume("k", resume=True)
     np.testing.assert_array_equal(back["volume"], state["volume"])
     assert isinstance(back["volume"], np.ndarray) and back["radius"] == 4.5 and back["history"] == [{"epoch": 1}]
+
+
+def test_the_final_maps_time_is_kept_from_pose_inference_and_a_round_starts_only_if_it_fits():
+    control = RunControl(1.0)
+    assert control.reserve(20.0) == 20.0
+    control.restart(41.0)
+    assert control.out_of_time() and control.halted()  # 60 s less the 20 s kept
+    control.restart(35.0)
+    assert not control.out_of_time()
+    assert control.fits(4.0) and not control.fits(10.0)  # pose inference ends at 40 s
+    assert control.reserve(1e6) == 30.0  # never more than half the budget
+    assert control.reserve(-1.0) == 0.0
+
+
+def test_the_final_map_estimate_scales_one_timed_batch_to_every_particle(monkeypatch, tmp_path, testdata):
+    """Two batches are back-projected; the second, free of first-call costs, is timed and scaled to N (or one rank's share)."""
+    from types import SimpleNamespace
+
+    from napari_cryo.reconstruction import backproject
+    from napari_cryo.reconstruction.data import ParticleData
+    from napari_cryo.cli import main
+
+    assert main(["simulate", "particles", str(testdata / "particles" / "hand-vol.mrc"), "--pixel-size", "4", "--n", "40",
+                 "--box", "16", "--snr", "1.0", "--out", str(tmp_path / "set"), "--device", "cpu"]) == 0
+    data = ParticleData(tmp_path / "set" / "particles.star")
+    ticks = iter(range(100))
+    monkeypatch.setattr(backproject, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    calls = []
+    real = backproject.accumulate
+
+    def counting(*args, **kwargs):
+        calls.append(len(args[1]))
+        return (yield from real(*args, **kwargs))
+
+    monkeypatch.setattr(backproject, "accumulate", counting)
+    # 40 particles, two batches of 16: rows 0-31 back-projected, the second batch (16 rows) took one tick.
+    assert backproject.final_map_seconds(data, batch_size=16, batches=2) == pytest.approx(40 / 16)
+    assert calls == [32]
+    two = SimpleNamespace(size=2)
+    assert backproject.final_map_seconds(data, two, batch_size=16, batches=2) == pytest.approx(20 / 16)
+    # Three batches of 16 (16, 16, 8 rows): the last 24 rows took two ticks.
+    assert backproject.final_map_seconds(data, batch_size=16) == pytest.approx(2 * 40 / 24)
+    # Fewer particles than two batches: the whole lot is timed, first batch included.
+    assert backproject.final_map_seconds(data, batch_size=64) == pytest.approx(1.0)
+
+
+def test_the_next_global_round_is_expected_to_take_as_long_as_the_last():
+    from napari_cryo.reconstruction.phases import last_global_seconds
+
+    history = [{"phase": "amortized", "elapsed_s": 100.0}, {"phase": "global search", "elapsed_s": 160.0},
+               {"phase": "auto-decoding", "elapsed_s": 200.0}, {"phase": "global search", "elapsed_s": 290.0},
+               {"phase": "auto-decoding", "elapsed_s": 330.0}]
+    assert last_global_seconds(history) == pytest.approx(90.0)
+    assert last_global_seconds(history[:3]) == pytest.approx(60.0)
+    assert last_global_seconds(history[:1]) == 0.0 and last_global_seconds([]) == 0.0
+
+
+def test_solving_the_half_volumes_again_is_costed_by_the_band_inserted():
+    from napari_cryo.reconstruction.auto_decoding import refresh_seconds
+
+    assert refresh_seconds(0.5, 200.0) == pytest.approx(200.0)  # to Nyquist: a full insertion, as the final map
+    assert refresh_seconds(0.25, 200.0) == pytest.approx(50.0)
+    assert refresh_seconds(0.6, 200.0) == pytest.approx(200.0)

@@ -39,7 +39,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                              "found no poses on the 2-CPU benchmark, see the user guide), or search (stochastic first map, then pose searches)")
     parser.add_argument("--box", type=int, metavar="L",
                         help="working box size in pixels (Fourier cropping; even; default: the image size, less the last row and column when it is odd)")
-    parser.add_argument("--max-minutes", type=float, default=d.max_minutes, metavar="T", help=f"time budget for pose inference (default {d.max_minutes:g})")
+    parser.add_argument("--max-minutes", type=float, default=d.max_minutes, metavar="T", help=f"time budget of the run, the final half maps included (default {d.max_minutes:g})")
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--heads", type=int, default=d.heads, help=f"cryoSPIN encoder heads (default {d.heads})")
     parser.add_argument("--amortized-box", type=int, metavar="L",

@@ -67,9 +67,20 @@ def pose_step(run: EncoderRun, images: torch.Tensor, target: torch.Tensor, ctf: 
     return float(loss.detach()), change
 
 
+def refresh_band(run: EncoderRun, control: RunControl) -> float:
+    """The band (cycles/pixel) the half volumes are solved to: a little beyond the band compared now."""
+    return min(0.5, compared_band(run, control.clock(), control.inference_budget) + REFRESH_MARGIN)
+
+
+def refresh_seconds(band: float, final_seconds: float) -> float:
+    """About how long solving the half volumes to ``band`` takes, from the final map's time (a full insertion):
+    the insertion's cost goes with the area of the band."""
+    return final_seconds * min(1.0, (band / 0.5) ** 2)
+
+
 def refresh_half_volumes(run: EncoderRun, control: RunControl) -> Generator[Progress, None, None]:
     """The poses moved: solve each half volume again, a little beyond the band compared now."""
-    band = min(0.5, compared_band(run, control.clock(), control.budget) + REFRESH_MARGIN)
+    band = refresh_band(run, control)
     run.use_half_volumes((yield from half_volumes_from_poses(run, band)), band)
 
 

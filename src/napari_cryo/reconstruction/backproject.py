@@ -15,6 +15,7 @@ Guinier plot and low-passed at that resolution.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +86,27 @@ def accumulate(data, rows: np.ndarray, rotations: np.ndarray, shifts: np.ndarray
         ranks.sum_(numerator)
         ranks.sum_(weights)
     return numerator, weights
+
+
+def final_map_seconds(data, ranks: Ranks | None = None, batch_size: int = 256, batches: int = 3) -> float:
+    """Seconds :func:`reconstruct_halves` will take on ``data``, from back-projecting a few batches now.
+
+    The batches after the first (which pays for allocations and the first
+    reads) are timed, at random poses: the cost of an insertion does not
+    depend on the pose.  With ``ranks``, the figure is for one rank's share.
+    """
+    n = len(data)
+    own = -(-n // (ranks.size if ranks is not None else 1))
+    rows = np.arange(min(n, batches * batch_size))
+    rng = np.random.default_rng(0)
+    rotations = np.linalg.qr(rng.normal(size=(len(rows), 3, 3)))[0].astype(np.float32)
+    shifts = np.zeros((len(rows), 2), dtype=np.float32)
+    marks = [time.perf_counter()]
+    for _ in accumulate(data, rows, rotations, shifts, batch_size):
+        marks.append(time.perf_counter())
+    timed = len(rows) - batch_size if len(marks) > 2 else len(rows)
+    seconds = marks[-1] - (marks[1] if len(marks) > 2 else marks[0])
+    return seconds * own / max(1, timed)
 
 
 def mean_weight(data, rows: np.ndarray, chunk: int = 1024) -> float:

@@ -1,7 +1,7 @@
 """The run of cryoSPIN and cryoAI: epochs of the current phase, then the switch to the next.
 
 :func:`run_encoder_method` trains the amortized phase (:mod:`.amortized`)
-until its loss plateaus, half the budget is spent or the switch is forced,
+until its loss plateaus, half the time for pose inference is spent or the switch is forced,
 hands the encoder's poses on to per-particle poses (:mod:`.auto_decoding`),
 and ends with a direct reconstruction from the poses reached.  When the
 encoder's views collapse or its poses do not settle (cryoSPIN), the run
@@ -25,10 +25,12 @@ from .auto_decoding import (
     global_round_due,
     logged_global_round,
     pose_step,
+    refresh_band,
     refresh_half_volumes,
+    refresh_seconds,
     take_searched_poses,
 )
-from .backproject import reconstruct_halves
+from .backproject import final_map_seconds, reconstruct_halves
 from .coverage import ViewCoverage, view_coverage
 from .encoder_run import EncoderRun, batch_ctf
 from .models import rotation_from_6d
@@ -60,6 +62,8 @@ def run_encoder_method(data, settings: ReconstructionSettings, folder: RunFolder
         run.load(state)
         yield Progress(0, None, f"resumed: {run.phase}, epoch {run.epoch}, {run.elapsed / 60:.1f} min done")
     control.restart(run.elapsed)
+    kept = control.reserve(final_map_seconds(data, run.ranks))
+    yield Progress(0, None, f"keeping {kept:.0f} s of the {control.budget / 60:g}-minute budget for the final half maps")
     checkpoints, maps = Every(settings.checkpoint_minutes, control.clock), Every(settings.map_minutes, control.clock)
     try:
         while run.phase != "done" and not control.halted():
@@ -69,7 +73,8 @@ def run_encoder_method(data, settings: ReconstructionSettings, folder: RunFolder
             record = _end_epoch(run, losses, changes, folder, control)
             yield record
             if run.phase == "amortized":
-                yield from _switch_from_amortized(run, folder, control)
+                if not control.halted():  # out of time or stopped: the final map comes from the encoder's poses
+                    yield from _switch_from_amortized(run, folder, control)
             else:
                 yield from _after_auto_decoding_epoch(run, record["pose_change_deg"], folder, control)
         folder.save(run.state())
@@ -115,7 +120,7 @@ def _epoch(run: EncoderRun, folder: RunFolder, control: RunControl, checkpoints:
     losses: list[tuple[float, int]] = []
     changes: list[tuple[torch.Tensor, torch.Tensor]] = []
     for i, batch in enumerate(run.batches(local_size, shuffle=True, epoch=run.epoch)):
-        radius = compared_band(run, control.clock(), control.budget)
+        radius = compared_band(run, control.clock(), control.inference_budget)
         idx = torch.as_tensor(batch.indices)
         if len(idx) or amortized:  # an empty share still joins the amortized step's all-reduce
             images = batch.images.to(run.device)
@@ -181,7 +186,7 @@ def _map_update(run: EncoderRun, folder: RunFolder, control: RunControl, label: 
 
 def _switch_from_amortized(run: EncoderRun, folder: RunFolder, control: RunControl) -> Generator[Value, None, None]:
     """Switch to per-particle poses when the views collapsed or the poses are not settling (from a first map), the loss
-    plateaued, the switch is forced or half the budget is spent (from the encoder's poses)."""
+    plateaued, the switch is forced or half the time for pose inference is spent (from the encoder's poses)."""
     s = run.s
     losses = [r["loss"] for r in run.history if r["phase"] == "amortized"]
     plateau = len(losses) > s.patience and (losses[-s.patience - 1] - losses[-1]) < s.plateau * abs(losses[-s.patience - 1])
@@ -196,7 +201,7 @@ def _switch_from_amortized(run: EncoderRun, folder: RunFolder, control: RunContr
             run.phase = "auto-decoding"
             run.switched_at = run.elapsed = control.clock()
             folder.save(run.state())
-    elif forced or plateau or control.clock() >= 0.5 * control.budget:
+    elif forced or plateau or control.clock() >= 0.5 * control.inference_budget:
         yield Progress(0, None, "switching to per-particle poses: best head of every particle")
         yield from initialise_poses(run, run.device)
         run.phase = "auto-decoding"
@@ -209,13 +214,22 @@ def _switch_from_amortized(run: EncoderRun, folder: RunFolder, control: RunContr
 
 def _after_auto_decoding_epoch(run: EncoderRun, change: float, folder: RunFolder, control: RunControl) -> Generator[Value, None, None]:
     """After an epoch of pose steps: a global round when one is due, done when the poses settled, else new half volumes."""
-    if global_round_due(run, change) and not control.halted():
+    if global_round_due(run, change) and not control.halted() and control.fits(last_global_seconds(run.history)):
         yield (yield from logged_global_round(run, folder, control, run.device))
         folder.save(run.state())
     elif not math.isnan(change) and change < run.s.converged_degrees:
         run.phase = "done"
-    elif not control.halted():
+    elif not control.halted() and control.fits(2 * refresh_seconds(refresh_band(run, control), control.reserved)):
+        # New half volumes only serve the next epoch: not worth it when they would take half the time left.
         yield from refresh_half_volumes(run, control)
+
+
+def last_global_seconds(history: list[dict[str, Any]]) -> float:
+    """Seconds the last global round took (from the history's clock; 0 before any): the next takes about as long."""
+    for before, row in zip(reversed(history[:-1]), reversed(history)):
+        if row["phase"] == "global search":
+            return float(row["elapsed_s"]) - float(before["elapsed_s"])
+    return 0.0
 
 
 def collapsed_views(run: EncoderRun) -> ViewCoverage | None:

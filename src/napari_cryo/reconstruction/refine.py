@@ -194,11 +194,13 @@ def run_search(data, settings, folder: RunFolder, control: RunControl, resume: b
         save()
 
     halves = None
+    last_round = 0.0  # seconds the last round took: a round that would end past the budget is not started
     while state["phase"] != "done":
         if state["rotations"] is not None and halves is None:
             halves = yield from reconstruct_halves(data, state["rotations"], state["shifts"], seed=settings.seed, ranks=ranks)
-        if control.halted() and state["rotations"] is not None:
+        if state["rotations"] is not None and (control.halted() or not control.fits(last_round)):
             break
+        round_start = control.clock()
         if state["rotations"] is None:
             radius = start_radius
             rot, sh, loss = yield from search_round(data, [state["volume"]], None, None, radius, refine, False, settings.seed, device, ranks)
@@ -215,6 +217,8 @@ def run_search(data, settings, folder: RunFolder, control: RunControl, resume: b
         state["rotations"], state["shifts"], state["radius"] = rot, sh, radius
         state["round"] += 1
         halves = yield from reconstruct_halves(data, rot, sh, seed=settings.seed, ranks=ranks)
+        control.tick()
+        last_round = control.clock() - round_start
         update = emit(halves.volume, f"round {state['round']} ({state['phase']}, band {radius:.0f} px)", rot)
         yield update
         yield record(loss, change, halves.resolution, update)

@@ -107,6 +107,7 @@ class RunControl:
     def __init__(self, max_minutes: float, elapsed: float = 0.0, stop: Callable[[], bool] | None = None,
                  pause: Callable[[], bool] | None = None, ranks: Ranks | None = None) -> None:
         self.budget = max_minutes * 60.0
+        self.reserved = 0.0
         self._stop = stop
         self._pause = pause
         self.ranks = ranks or Ranks.single()
@@ -132,9 +133,34 @@ class RunControl:
         """Seconds the run has taken, this session and earlier ones."""
         return self._agreed[0] if self.ranks.shared else time.perf_counter() - self._start
 
+    def reserve(self, seconds: float) -> float:
+        """Keep ``seconds`` at the end of the budget for the work after pose inference (the final half maps).
+
+        At most half the budget is kept: a budget too short for the final
+        map alone still leaves pose inference its other half.  Every rank
+        keeps rank 0's figure, so that every rank stops at the same point.
+
+        Returns
+        -------
+        float
+            The seconds kept.
+        """
+        (seconds,) = self.ranks.agree(seconds)
+        self.reserved = min(max(0.0, seconds), 0.5 * self.budget)
+        return self.reserved
+
+    @property
+    def inference_budget(self) -> float:
+        """Seconds for pose inference: the budget less what is kept for the final map."""
+        return self.budget - self.reserved
+
     def out_of_time(self) -> bool:
-        """Whether the time budget is spent."""
-        return self.clock() >= self.budget
+        """Whether the time for pose inference is spent."""
+        return self.clock() >= self.inference_budget
+
+    def fits(self, seconds: float) -> bool:
+        """Whether pose inference of ``seconds`` started now would end in its time."""
+        return self.clock() + seconds <= self.inference_budget
 
     def stopped(self) -> bool:
         """Whether the user asked to finish now."""

@@ -31,7 +31,10 @@ class ReconstructionSettings:
         Adam moments are its own and the volumes are fixed during an epoch,
         so this sets the speed only (see ``docs/benchmarks.md``).
     max_minutes : float
-        Time budget for phases 1 and 2 (the direct reconstruction comes after).
+        Time budget of the whole run, in minutes.  cryoSPIN and cryoAI keep
+        the time the final half maps will take (timed on one batch at the
+        start) and end pose inference before it; the search method starts
+        a round only when the last one's duration still fits.
     heads : int
         Rotation hypotheses per image (cryoSPIN; cryoAI uses 1).
     encoder_lr, volume_lr, pose_lr : float
