@@ -183,6 +183,14 @@ def put_layer(viewer: Any, layer_data: tuple[Any, dict[str, Any], str], existing
     return existing
 
 
+_scheduled = 0
+
+
+def pending_turns() -> int:
+    """Steps of :func:`in_turns` still waiting for their turn (a viewer closed before they run would get them late)."""
+    return _scheduled
+
+
 def in_turns(steps: Sequence[Callable[[], Any]], delay_ms: int = 10, now: bool = False) -> None:
     """Run ``steps`` one per turn of the Qt event loop, so the GUI's own timers run between them.
 
@@ -199,10 +207,17 @@ def in_turns(steps: Sequence[Callable[[], Any]], delay_ms: int = 10, now: bool =
         steps[0]()
         in_turns(steps[1:], delay_ms)
 
+    def later() -> None:
+        global _scheduled
+        _scheduled -= 1
+        run()
+
     if now:
         run()
     else:
-        QTimer.singleShot(delay_ms, run)
+        global _scheduled
+        _scheduled += 1
+        QTimer.singleShot(delay_ms, later)
 
 
 class TaskRunner:
